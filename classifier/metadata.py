@@ -1,0 +1,56 @@
+"""The metadata JSON that travels next to every `.keras` model.
+
+It is the one source of truth for what a model expects and how to read its
+output: backbone, input size, preprocessing, decision threshold, calibration
+temperature and the version string stored with every face row.
+"""
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What `GenderClassifier` needs to turn model output into a gender and a confidence.
+
+    The model's single sigmoid output is P(female). It takes RGB pixels in
+    [0, 255]; `preprocessing` names the Preprocess layer inside the model.
+    """
+
+    version: str
+    backbone: str
+    input_size: int = 224
+    preprocessing: str = "lite"
+    alignment: str = "facegender-224-v1"
+    threshold: float = 0.5
+    temperature: float = 1.0
+    flip_average: bool = False
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    format: int = FORMAT
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelMetadata":
+        data = json.loads(text)
+        known = {name for name in cls.__dataclass_fields__}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
+def metadata_path(model_path: Path) -> Path:
+    """`model.keras` -> `model.json` beside it."""
+    return model_path.with_suffix(".json")
+
+
+def read_metadata(model_path: Path) -> ModelMetadata:
+    return ModelMetadata.from_json(metadata_path(model_path).read_text())
+
+
+def write_metadata(model_path: Path, metadata: ModelMetadata) -> None:
+    metadata_path(model_path).write_text(metadata.to_json() + "\n")

@@ -1,0 +1,1 @@
+"""Image backbones (Keras 3, backend-agnostic) used by the gender classifier."""

@@ -1,0 +1,1 @@
+"""Alembic migrations for the results database (run through `facegender db upgrade`)."""

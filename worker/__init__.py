@@ -1,0 +1,1 @@
+"""facegender's service side: the job lifecycle, the database, the queue and the CLI."""

@@ -1,0 +1,244 @@
+"""The `facegender` command line: run, results, status, annotate, db."""
+
+import sys
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from worker.config import Settings
+
+_settings = Settings()
+db_option = click.option(
+    "--db",
+    "db_url",
+    default=_settings.db_url,
+    show_default="$FACEGENDER_DB_URL or sqlite:///facegender.db",
+    help="Database URL (SQLAlchemy).",
+)
+model_option = click.option(
+    "--model",
+    "model_path",
+    default=_settings.model_path,
+    type=click.Path(dir_okay=False),
+    help="A .keras model with its .json beside it [default: $FACEGENDER_MODEL, else bundled].",
+)
+stderr = Console(stderr=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Find faces in folders of photos, classify gender, store one row per face."""
+
+
+def _open(db_url: str):
+    from worker.db import open_database
+
+    return open_database(db_url)
+
+
+def _models(model_path: str | None, batch_size: int | None = None):
+    from classifier import ModelNotFoundError
+    from worker.pipeline import Models
+    from worker.runtime import configure_tensorflow
+
+    settings = Settings()
+    overrides = {"model_path": model_path or settings.model_path}
+    if batch_size:
+        overrides["batch_size"] = batch_size
+    settings = Settings(**{**settings.__dict__, **overrides})
+    try:
+        models = Models.from_settings(settings)
+    except ModelNotFoundError as exc:
+        raise click.ClickException(str(exc)) from exc
+    configure_tensorflow(settings.tf_threads)
+    return models, settings
+
+
+@main.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@db_option
+@model_option
+@click.option("--batch-size", type=click.IntRange(1), default=None, help="Images per batch.")
+def run(folder: Path, db_url: str, model_path: str | None, batch_size: int | None) -> None:
+    """Process FOLDER in this process and store the results (no servers needed)."""
+    from worker.embedded import run_folder
+    from worker.jobs import scan_folder
+
+    models, settings = _models(model_path, batch_size)
+    sessions = _open(db_url)
+    total = len(scan_folder(folder))
+    started = time.perf_counter()
+    with _progress() as progress:
+        task = progress.add_task("images", total=total)
+        models.load()
+        job_id, totals = run_folder(
+            sessions,
+            folder,
+            models,
+            settings.batch_size,
+            settings.max_attempts,
+            on_batch=lambda _report, count: progress.advance(task, count),
+        )
+    elapsed = time.perf_counter() - started
+    click.echo(
+        f"job {job_id}: {totals.done} done, {totals.errors} errors, {totals.faces} faces "
+        f"in {elapsed:.1f}s ({(totals.done + totals.errors) / max(elapsed, 1e-9):.1f} images/s) "
+        f"model {models.classifier.version}"
+    )
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=stderr,
+        transient=False,
+    )
+
+
+@main.command()
+@click.option("--job", "job_id", type=int, default=None, help="Only this job.")
+@click.option("--gender", type=click.Choice(["male", "female"]), default=None)
+@click.option("--min-confidence", type=click.FloatRange(0, 1), default=None)
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--include-empty", is_flag=True, help="Also list images with no face or an error.")
+@db_option
+def results(
+    job_id: int | None,
+    gender: str | None,
+    min_confidence: float | None,
+    fmt: str,
+    out: Path | None,
+    include_empty: bool,
+    db_url: str,
+) -> None:
+    """One row per face: path, face_index, box, det_confidence, gender, confidence, model."""
+    from worker.results import RESULT_COLUMNS, face_results, to_csv, to_json
+
+    rows = face_results(_open(db_url), job_id, gender, min_confidence, include_empty)
+    if fmt == "csv":
+        text = to_csv(rows)
+    elif fmt == "json":
+        text = to_json(rows) + "\n"
+    else:
+        table = Table(*RESULT_COLUMNS)
+        for row in rows:
+            table.add_row(*(_cell(row[c]) for c in RESULT_COLUMNS))
+        console = Console(file=out.open("w") if out else sys.stdout, width=200)
+        console.print(table)
+        return
+    if out:
+        out.write_text(text)
+    else:
+        click.echo(text, nl=False)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+@main.command()
+@click.argument("job_id", type=int, required=False)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@db_option
+def status(job_id: int | None, fmt: str, db_url: str) -> None:
+    """Image and face counts for JOB_ID (or every job)."""
+    import json
+
+    from worker.results import job_statuses, status_json
+
+    statuses = job_statuses(_open(db_url), job_id)
+    if job_id is not None and not statuses:
+        raise click.ClickException(f"no job {job_id}")
+    if fmt == "json":
+        data = [status_json(s) for s in statuses]
+        click.echo(json.dumps(data[0] if job_id is not None else data, indent=2))
+        return
+    for s in statuses:
+        click.echo(
+            f"job {s.job_id} [{s.status}] {s.root}: {s.total} images, {s.done} done, "
+            f"{s.error} errors, {s.pending} pending, {s.faces} faces"
+        )
+
+
+@main.command()
+@click.argument(
+    "image", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=False
+)
+@click.option("--job", "job_id", type=int, default=None, help="Annotate every image of this job.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@db_option
+@model_option
+def annotate(
+    image: Path | None, job_id: int | None, out: Path, db_url: str, model_path: str | None
+) -> None:
+    """Write copies of IMAGE (or of a job's images) with boxes, gender and confidence drawn."""
+    from worker.annotate import draw_faces, save_rgb
+
+    if (image is None) == (job_id is None):
+        raise click.UsageError("give either IMAGE or --job ID")
+    if image is not None:
+        from detector import align_face, load_image
+
+        models, _ = _models(model_path)
+        pixels = load_image(image).pixels
+        found = models.detector.detect(pixels)
+        crops = [align_face(pixels, f.landmarks) for f in found]
+        predictions = models.classifier.predict(_stack(crops))
+        faces = [
+            {"x": f.box[0], "y": f.box[1], "w": f.box[2], "h": f.box[3], **p.__dict__}
+            for f, p in zip(found, predictions, strict=True)
+        ]
+        target = out / f"{image.stem}.annotated.jpg"
+        save_rgb(draw_faces(pixels, faces), target)
+        click.echo(f"{target}: {len(faces)} faces")
+        return
+    _annotate_job(job_id, out, db_url, draw_faces, save_rgb)
+
+
+def _stack(crops):
+    import numpy as np
+
+    return np.stack(crops) if crops else np.zeros((0, 224, 224, 3), np.uint8)
+
+
+def _annotate_job(job_id, out: Path, db_url: str, draw_faces, save_rgb) -> None:
+    from itertools import groupby
+
+    from detector import ImageLoadError, load_image
+    from worker.results import face_results
+
+    rows = face_results(_open(db_url), job_id=job_id)
+    written = 0
+    for (image_path,), faces in groupby(rows, key=lambda r: (r["path"],)):
+        try:
+            pixels = load_image(image_path).pixels
+        except ImageLoadError as exc:
+            stderr.print(f"skipped {image_path}: {exc}")
+            continue
+        target = out / f"{Path(image_path).stem}.annotated.jpg"
+        save_rgb(draw_faces(pixels, list(faces)), target)
+        written += 1
+    click.echo(f"wrote {written} annotated images to {out}")
+
+
+@main.group()
+def db() -> None:
+    """Database maintenance."""
+
+
+@db.command("upgrade")
+@db_option
+def db_upgrade(db_url: str) -> None:
+    """Create or migrate the database schema to the newest version."""
+    _open(db_url)
+    click.echo("database is at the newest schema")

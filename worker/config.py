@@ -1,0 +1,28 @@
+"""Settings read once from the environment, with defaults that work on one machine."""
+
+import os
+from dataclasses import dataclass, field
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob has an env var (FACEGENDER_*); CLI flags override these per command."""
+
+    db_url: str = field(
+        default_factory=lambda: os.environ.get("FACEGENDER_DB_URL", "sqlite:///facegender.db")
+    )
+    broker_url: str = field(
+        default_factory=lambda: os.environ.get("FACEGENDER_BROKER_URL", "redis://127.0.0.1:6379/0")
+    )
+    model_path: str | None = field(default_factory=lambda: os.environ.get("FACEGENDER_MODEL"))
+    batch_size: int = field(default_factory=lambda: _env_int("FACEGENDER_BATCH_SIZE", 32))
+    chunk_size: int = field(default_factory=lambda: _env_int("FACEGENDER_CHUNK_SIZE", 64))
+    max_side: int = field(default_factory=lambda: _env_int("FACEGENDER_MAX_SIDE", 1024))
+    min_face_size: int = field(default_factory=lambda: _env_int("FACEGENDER_MIN_FACE_SIZE", 20))
+    max_attempts: int = field(default_factory=lambda: _env_int("FACEGENDER_MAX_ATTEMPTS", 3))
+    tf_threads: int = field(default_factory=lambda: _env_int("FACEGENDER_TF_THREADS", 0))

@@ -1,0 +1,41 @@
+"""The in-process runner behind `facegender run`: no broker, one process, any database."""
+
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from worker.jobs import create_job, finish_if_complete, mark_running, pending_image_ids
+from worker.pipeline import BatchReport, Models, process_images
+
+
+def run_folder(
+    sessions: sessionmaker[Session],
+    root: Path,
+    models: Models,
+    batch_size: int,
+    max_attempts: int = 3,
+    on_batch: Callable[[BatchReport, int], None] | None = None,
+) -> tuple[int, BatchReport]:
+    """Create a job for `root`, process it batch by batch; returns (job id, totals)."""
+    job_id = create_job(sessions, root)
+    ids = pending_image_ids(sessions, job_id)
+    mark_running(sessions, job_id)
+    totals = BatchReport()
+    for start in range(0, len(ids), batch_size):
+        chunk = ids[start : start + batch_size]
+        report = process_images(sessions, chunk, models, max_attempts)
+        _add(totals, report)
+        if on_batch:
+            on_batch(report, len(chunk))
+    finish_if_complete(sessions, job_id)
+    return job_id, totals
+
+
+def _add(totals: BatchReport, report: BatchReport) -> None:
+    totals.done += report.done
+    totals.errors += report.errors
+    totals.faces += report.faces
+    totals.skipped += report.skipped
+    for stage, seconds in report.seconds.items():
+        totals.seconds[stage] += seconds

@@ -34,15 +34,30 @@ TEMPLATE: np.ndarray = np.column_stack(
 
 def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = ALIGNED_SIZE) -> np.ndarray:
     """Warp `image` so the five `landmarks` land on TEMPLATE; returns (size, size, 3) uint8."""
-    template = TEMPLATE * (size / ALIGNED_SIZE)
-    matrix, _ = cv2.estimateAffinePartial2D(
-        np.asarray(landmarks, dtype=np.float32), template, method=cv2.LMEDS
-    )
-    if matrix is None:  # degenerate landmarks (all points equal): fall back to a plain scale
-        matrix = _box_matrix(np.asarray(landmarks, dtype=np.float32), size)
     return cv2.warpAffine(
-        image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+        image,
+        similarity_matrix(landmarks, size),
+        (size, size),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
     )
+
+
+def similarity_matrix(landmarks: np.ndarray, size: int = ALIGNED_SIZE) -> np.ndarray:
+    """The 2x3 rotation + uniform scale + shift taking `landmarks` onto the template."""
+    points = np.asarray(landmarks, dtype=np.float32)
+    # Every point is an inlier under this threshold, so OpenCV's final Levenberg-Marquardt
+    # refinement yields the least-squares fit over all five points (as Umeyama would).
+    matrix, _ = cv2.estimateAffinePartial2D(
+        points,
+        TEMPLATE * (size / ALIGNED_SIZE),
+        method=cv2.RANSAC,
+        ransacReprojThreshold=10_000.0,
+        refineIters=50,
+    )
+    if matrix is None:  # degenerate landmarks (all points equal): centre them unscaled
+        matrix = _box_matrix(points, size)
+    return matrix
 
 
 def _box_matrix(points: np.ndarray, size: int) -> np.ndarray:

@@ -19,7 +19,7 @@ class DetectorSettings:
     min_face_size: int = 20
     threshold_pnet: float = 0.6
     threshold_rnet: float = 0.7
-    threshold_onet: float = 0.8
+    threshold_onet: float = 0.7
     # A border added around each image lets MTCNN find faces that fill the whole frame.
     pad_fraction: float = 0.25
 

@@ -1,0 +1,93 @@
+"""MTCNN detection and alignment on real faces: UTKFace chips and crowd photos."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from detector import TEMPLATE, FaceDetector, align_face, load_image
+from detector.align import similarity_matrix
+
+
+@pytest.fixture(scope="module")
+def detector() -> FaceDetector:
+    found = FaceDetector()
+    found.load()
+    return found
+
+
+@pytest.fixture(scope="module")
+def utk_sample(utkface_files: list[Path]) -> list[np.ndarray]:
+    step = len(utkface_files) // 200
+    return [load_image(p).pixels for p in utkface_files[::step][:200]]
+
+
+def test_nearly_every_utkface_chip_has_exactly_one_face(detector, utk_sample) -> None:
+    results = []
+    for start in range(0, len(utk_sample), 50):
+        results += detector.detect_batch(utk_sample[start : start + 50])
+    exactly_one = sum(len(faces) == 1 for faces in results)
+    assert exactly_one / len(utk_sample) >= 0.98
+
+
+def test_batch_and_single_detection_agree(detector, utk_sample) -> None:
+    batch = detector.detect_batch(utk_sample[:8])
+    for image, faces in zip(utk_sample[:8], batch, strict=True):
+        single = detector.detect(image)
+        assert len(single) == len(faces)
+        for a, b in zip(single, faces, strict=True):
+            assert np.allclose(a.box, b.box, atol=1.0)
+
+
+def test_aligned_crops_put_the_eyes_on_the_template(detector, utk_sample) -> None:
+    errors = []
+    for image, faces in zip(utk_sample[:40], detector.detect_batch(utk_sample[:40]), strict=True):
+        for face in faces:
+            crop = align_face(image, face.landmarks)
+            assert crop.shape == (224, 224, 3) and crop.dtype == np.uint8
+            matrix = similarity_matrix(face.landmarks)
+            points = np.c_[face.landmarks, np.ones(5)] @ matrix.T
+            errors.append(np.abs(points[:2] - TEMPLATE[:2]).max())
+    assert len(errors) >= 38
+    assert np.median(errors) < 4.0 and np.percentile(errors, 95) < 8.0 and max(errors) < 12.0
+
+
+def test_realigned_crop_redetects_eyes_at_the_template(detector, utk_sample) -> None:
+    """Detect again on the aligned crop: the eyes really are where the template says."""
+    errors = []
+    for image in utk_sample[:10]:
+        faces = detector.detect(image)
+        crop = align_face(image, faces[0].landmarks)
+        again = detector.detect(crop)
+        assert again, "the aligned face must still be a face"
+        best = max(again, key=lambda f: f.score)
+        errors.append(np.abs(best.landmarks[:2] - TEMPLATE[:2]).max())
+    assert np.median(errors) < 6.0
+
+
+def test_crowds_yield_many_faces_inside_the_image(detector, crowd_files: list[Path]) -> None:
+    images = [load_image(p).pixels for p in crowd_files[:20]]
+    results = detector.detect_batch(images)
+    counts = [len(faces) for faces in results]
+    assert sum(c >= 2 for c in counts) >= 10
+    assert sum(counts) >= 40
+    for image, faces in zip(images, results, strict=True):
+        height, width = image.shape[:2]
+        for face in faces:
+            x, y, w, h = face.box
+            assert -1 <= x and -1 <= y and x + w <= width + 1 and y + h <= height + 1
+            assert 0 < face.score <= 1
+
+
+def test_large_images_are_downscaled_and_mapped_back(crowd_files: list[Path]) -> None:
+    import cv2
+
+    image = load_image(crowd_files[0]).pixels
+    big = cv2.resize(image, (1664, 1664), interpolation=cv2.INTER_CUBIC)
+    small_faces = FaceDetector().detect(image)
+    big_faces = FaceDetector().detect(big)  # max_side 1024: detection runs downscaled
+    assert big_faces
+    centres = np.array([[f.box[0] + f.box[2] / 2, f.box[1] + f.box[3] / 2] for f in big_faces])
+    for face in small_faces[:5]:
+        centre = np.array([face.box[0] + face.box[2] / 2, face.box[1] + face.box[3] / 2]) * 4
+        assert np.min(np.linalg.norm(centres - centre, axis=1)) < 40

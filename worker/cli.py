@@ -1,5 +1,6 @@
-"""The `facegender` command line: run, results, status, annotate, db."""
+"""The `facegender` command line: run, results, status, annotate, db; enqueue, worker, resume."""
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,6 +26,26 @@ model_option = click.option(
     default=_settings.model_path,
     type=click.Path(dir_okay=False),
     help="A .keras model with its .json beside it [default: $FACEGENDER_MODEL, else bundled].",
+)
+broker_option = click.option(
+    "--broker",
+    "broker_url",
+    default=_settings.broker_url,
+    show_default="$FACEGENDER_BROKER_URL or redis://127.0.0.1:6379/0",
+    help="Celery broker URL (Redis).",
+)
+chunk_size_option = click.option(
+    "--chunk-size",
+    type=click.IntRange(1),
+    default=_settings.chunk_size,
+    show_default="$FACEGENDER_CHUNK_SIZE or 64",
+    help="Images per task message.",
+)
+queue_option = click.option(
+    "--queue",
+    default=_settings.queue,
+    show_default="$FACEGENDER_QUEUE or facegender",
+    help="Broker queue the chunks go to.",
 )
 stderr = Console(stderr=True)
 
@@ -149,25 +170,73 @@ def _cell(value: object) -> str:
 @main.command()
 @click.argument("job_id", type=int, required=False)
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@click.option("--watch", is_flag=True, help="Show a progress bar until no image is pending.")
+@click.option(
+    "--interval", type=click.FloatRange(0.1), default=2.0, show_default=True, help="Seconds."
+)
 @db_option
-def status(job_id: int | None, fmt: str, db_url: str) -> None:
-    """Image and face counts for JOB_ID (or every job)."""
+def status(job_id: int | None, fmt: str, watch: bool, interval: float, db_url: str) -> None:
+    """Progress of JOB_ID (or every job): done, error, pending, faces, rate and ETA."""
     import json
 
+    from worker.progress import job_rate
     from worker.results import job_statuses, status_json
 
-    statuses = job_statuses(_open(db_url), job_id)
+    sessions = _open(db_url)
+    if watch:
+        if job_id is None:
+            raise click.UsageError("--watch needs a JOB_ID")
+        _watch(sessions, job_id, interval)
+    statuses = job_statuses(sessions, job_id)
     if job_id is not None and not statuses:
         raise click.ClickException(f"no job {job_id}")
+    rates = [job_rate(sessions, s) for s in statuses]
     if fmt == "json":
-        data = [status_json(s) for s in statuses]
+        data = [
+            {**status_json(s), "rate_per_s": r.per_second, "eta_s": r.eta_seconds}
+            for s, r in zip(statuses, rates, strict=True)
+        ]
         click.echo(json.dumps(data[0] if job_id is not None else data, indent=2))
         return
-    for s in statuses:
+    for s, r in zip(statuses, rates, strict=True):
         click.echo(
             f"job {s.job_id} [{s.status}] {s.root}: {s.total} images, {s.done} done, "
-            f"{s.error} errors, {s.pending} pending, {s.faces} faces"
+            f"{s.error} errors, {s.pending} pending, {s.faces} faces{_pace(r)}"
         )
+
+
+def _pace(rate) -> str:
+    from worker.progress import format_eta
+
+    if rate.per_second is None:
+        return ""
+    text = f", {rate.per_second:.1f} images/s"
+    return text if not rate.eta_seconds else f"{text}, ETA {format_eta(rate.eta_seconds)}"
+
+
+def _watch(sessions, job_id: int, interval: float) -> None:
+    """A progress bar on stderr, refreshed from the database until nothing is pending."""
+    from worker.progress import job_rate
+    from worker.results import job_statuses
+
+    statuses = job_statuses(sessions, job_id)
+    if not statuses:
+        raise click.ClickException(f"no job {job_id}")
+    with Progress(
+        TextColumn("[bold]job {task.fields[job]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        console=stderr,
+    ) as progress:
+        task = progress.add_task("", total=statuses[0].total, job=job_id, detail="")
+        while True:
+            s = job_statuses(sessions, job_id)[0]
+            detail = f"{s.error} errors, {s.faces} faces{_pace(job_rate(sessions, s))}"
+            progress.update(task, completed=s.total - s.pending, detail=detail)
+            if s.pending == 0:
+                break
+            time.sleep(interval)
 
 
 @main.command()
@@ -242,3 +311,147 @@ def db_upgrade(db_url: str) -> None:
     """Create or migrate the database schema to the newest version."""
     _open(db_url)
     click.echo("database is at the newest schema")
+
+
+def _celery(broker_url: str, queue: str | None = None):
+    """The Celery app pointed at `broker_url` (the flag wins over the environment)."""
+    from worker.app import configure
+
+    settings = Settings()
+    overrides = {"broker_url": broker_url, **({"queue": queue} if queue else {})}
+    try:
+        return configure(Settings(**{**settings.__dict__, **overrides}))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@db_option
+@broker_option
+@chunk_size_option
+@queue_option
+def enqueue(folder: Path, db_url: str, broker_url: str, chunk_size: int, queue: str) -> None:
+    """Create a job for FOLDER and queue its images in chunks; prints the job id."""
+    from worker.distributed import EnqueueError, enqueue_folder
+    from worker.tasks import chunk_sender
+
+    sessions = _open(db_url)
+    _celery(broker_url, queue)
+    try:
+        with chunk_sender(queue) as send:
+            job_id, count = enqueue_folder(sessions, folder, chunk_size, send)
+    except EnqueueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    stderr.print(
+        f"job {job_id}: {count} images queued in {-(-count // chunk_size)} chunks on {queue!r}"
+    )
+    click.echo(job_id)
+
+
+@main.command()
+@click.argument("job_id", type=int)
+@db_option
+@broker_option
+@chunk_size_option
+@queue_option
+def resume(job_id: int, db_url: str, broker_url: str, chunk_size: int, queue: str) -> None:
+    """Queue again every image of JOB_ID that is still pending (after a lost broker or crash)."""
+    from worker.distributed import EnqueueError, resume_job
+    from worker.tasks import chunk_sender
+
+    sessions = _open(db_url)
+    _celery(broker_url, queue)
+    try:
+        with chunk_sender(queue) as send:
+            count = resume_job(sessions, job_id, chunk_size, send)
+    except LookupError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except EnqueueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"job {job_id}: {count} pending images queued again on {queue!r}")
+
+
+@main.command()
+@db_option
+@broker_option
+@model_option
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Worker processes, each with its own models (about 1 GB of memory each).",
+)
+@click.option(
+    "--queues", default=_settings.queue, show_default=True, help="Comma-separated queues to take."
+)
+@click.option("--hostname", default=None, help="Celery node name [default: facegender-PID@%h].")
+@click.option(
+    "--tf-threads",
+    type=click.IntRange(0),
+    default=_settings.tf_threads or None,
+    help="TensorFlow threads per process [default: $FACEGENDER_TF_THREADS, else CPUs/concurrency].",
+)
+@click.option("--loglevel", default="INFO", show_default=True)
+def worker(
+    db_url: str,
+    broker_url: str,
+    model_path: str | None,
+    concurrency: int,
+    queues: str,
+    hostname: str | None,
+    tf_threads: int | None,
+    loglevel: str,
+) -> None:
+    """Start a Celery worker (events on) that processes queued chunks into the database."""
+    from classifier import ModelNotFoundError, resolve_model_path
+
+    try:
+        model = resolve_model_path(model_path)
+    except ModelNotFoundError as exc:
+        raise click.ClickException(str(exc)) from exc
+    _check_schema(db_url)
+    if tf_threads is None:
+        tf_threads = max(1, (os.cpu_count() or 1) // concurrency)
+    # The pool processes read their settings from the environment after the fork.
+    os.environ.update(
+        FACEGENDER_DB_URL=db_url,
+        FACEGENDER_BROKER_URL=broker_url,
+        FACEGENDER_MODEL=str(model),
+        FACEGENDER_TF_THREADS=str(tf_threads),
+    )
+    app = _celery(broker_url)
+    app.worker_main(
+        [
+            "worker",
+            f"--loglevel={loglevel}",
+            "--events",
+            "--pool=prefork",
+            f"--concurrency={concurrency}",
+            f"--queues={queues}",
+            f"--hostname={hostname or f'facegender-{os.getpid()}@%h'}",
+            "--prefetch-multiplier=1",
+            "--optimization=fair",
+        ]
+    )
+
+
+def _check_schema(db_url: str) -> None:
+    """Fail fast on an unreachable or unmigrated database (workers never migrate it)."""
+    from sqlalchemy import inspect
+
+    from worker.db import make_engine
+
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as connection:
+            ready = inspect(connection).has_table("images")
+    except Exception as exc:
+        raise click.ClickException(f"cannot reach the database: {exc}") from exc
+    finally:
+        engine.dispose()  # no connection may be inherited by the forked pool processes
+    if not ready:
+        raise click.ClickException(
+            "the database has no facegender tables yet: run `facegender db upgrade --db URL`"
+        )

@@ -26,3 +26,14 @@ class Settings:
     min_face_size: int = field(default_factory=lambda: _env_int("FACEGENDER_MIN_FACE_SIZE", 20))
     max_attempts: int = field(default_factory=lambda: _env_int("FACEGENDER_MAX_ATTEMPTS", 3))
     tf_threads: int = field(default_factory=lambda: _env_int("FACEGENDER_TF_THREADS", 0))
+    # Distributed mode: a chunk running longer than task_time_limit has its worker
+    # process killed (and counts as a failed attempt); the broker hands an unacked
+    # chunk of a dead worker to another one after visibility_timeout, which must be
+    # longer than the time limit so that a running chunk is never handed out twice.
+    queue: str = field(default_factory=lambda: os.environ.get("FACEGENDER_QUEUE", "facegender"))
+    task_time_limit: int = field(
+        default_factory=lambda: _env_int("FACEGENDER_TASK_TIME_LIMIT", 600)
+    )
+    visibility_timeout: int = field(
+        default_factory=lambda: _env_int("FACEGENDER_VISIBILITY_TIMEOUT", 900)
+    )

@@ -1,7 +1,6 @@
 """The embedded path end to end: folder -> job -> rows, on SQLite and PostgreSQL."""
 
 import shutil
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, inspect, select

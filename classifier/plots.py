@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 
 def read_log(log_csv: Path) -> list[dict[str, float]]:
@@ -28,6 +29,7 @@ def plot_curves(log_csv: Path, out_png: Path) -> None:
         for prefix, label in (("", "train"), ("val_", "val")):
             axes.plot(epochs, [row[prefix + metric] for row in rows], marker="o", label=label)
         axes.set(title=metric, xlabel="epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.grid(alpha=0.3)
         axes.legend()
     figure.savefig(out_png, dpi=100)

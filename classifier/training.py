@@ -136,11 +136,11 @@ def train(config: TrainConfig, data_dir: Path, verbose: int | str = "auto") -> P
     for split in splits.values():
         if split.no_face:
             log.warning(
-                "%d of %d %s images have no detectable face: left out of training and "
-                "validation, counted in the model's training summary",
+                "%s split: %d of %d images have no detectable face; skipped, and counted "
+                "in the model's training summary",
+                split.name,
                 split.no_face,
                 len(split.images),
-                split.name,
             )
     keras.utils.set_random_seed(config.seed)
     model = build_model(config)

@@ -69,7 +69,7 @@ def assign_splits(images: Sequence[LabelledImage]) -> dict[str, list[LabelledIma
     if rest:
         for split, members in stratified_split(rest).items():
             result[split] += members
-    return {split: sorted(members, key=lambda i: i.path) for split, members in result.items()}
+    return {split: sorted(members, key=_path) for split, members in result.items()}
 
 
 def sample_splits(
@@ -78,7 +78,7 @@ def sample_splits(
     """At most `limit` images per split, a seeded random sample, for quick runs."""
     rng = random.Random(seed)
     return {
-        split: sorted(rng.sample(members, min(limit, len(members))), key=lambda i: i.path)
+        split: sorted(rng.sample(members, min(limit, len(members))), key=_path)
         for split, members in splits.items()
     }
 

@@ -102,7 +102,9 @@ limit_option = click.option(
 )
 @click.option("--epochs", type=click.IntRange(1), default=20, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
-@click.option("--learning-rate", type=click.FloatRange(0, min_open=True), default=1e-4)
+@click.option(
+    "--learning-rate", type=click.FloatRange(0, min_open=True), default=1e-4, show_default=True
+)
 @click.option(
     "--lr-schedule",
     type=click.Choice(["plateau", "cosine"]),
@@ -110,15 +112,25 @@ limit_option = click.option(
     show_default=True,
     help="ReduceLROnPlateau on val loss, or cosine decay over all epochs.",
 )
-@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0)
-@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.5)
 @click.option(
-    "--patience", type=click.IntRange(1), default=5, help="Early stopping patience in epochs."
+    "--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True
+)
+@click.option(
+    "--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.5, show_default=True
+)
+@click.option(
+    "--patience",
+    type=click.IntRange(1),
+    default=5,
+    show_default=True,
+    help="Epochs without a better val loss before training stops.",
 )
 @click.option("--no-augment", is_flag=True, help="Train without geometric augmentation.")
 @click.option("--seed", type=int, default=1234, show_default=True)
 @limit_option
-@click.option("--workers", type=click.IntRange(1), default=2, help="Augmentation threads.")
+@click.option(
+    "--workers", type=click.IntRange(1), default=2, show_default=True, help="Augmentation threads."
+)
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),

@@ -56,9 +56,9 @@ def _resnet50_imagenet_file() -> str:
     except Exception as exc:  # get_file raises a bare Exception when offline
         home = os.environ.get("KERAS_HOME", "~/.keras")
         raise BackboneError(
-            f"cannot get ResNet50 ImageNet weights: {exc}. Keras downloads them from "
-            f"{_RESNET50_URL + _RESNET50_WEIGHTS} into {home}/models/; without network access "
-            "copy that file there, or pass its path as the backbone weights, or use 'none'."
+            f"cannot get ResNet50 ImageNet weights ({exc}). Without network access copy "
+            f"{_RESNET50_WEIGHTS} into {home}/models/, pass its path as the backbone weights, "
+            "or use 'none'."
         ) from exc
 
 

@@ -210,7 +210,7 @@ def _pace(rate) -> str:
 
     if rate.per_second is None:
         return ""
-    text = f", {rate.per_second:.1f} images/s"
+    text = f", {rate.per_second:.3g} images/s"
     return text if not rate.eta_seconds else f"{text}, ETA {format_eta(rate.eta_seconds)}"
 
 

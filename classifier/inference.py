@@ -2,9 +2,9 @@
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -60,18 +60,46 @@ def to_predictions(p_female: np.ndarray, threshold: float) -> list[Prediction]:
     return predictions
 
 
+class KerasRunner:
+    """Runs the `.keras` model with whichever Keras backend is active (TensorFlow, JAX)."""
+
+    def __init__(self, model_path: Path) -> None:
+        import keras
+
+        import classifier.layers  # noqa: F401  (registers Preprocess for loading)
+
+        self._model = keras.saving.load_model(model_path, compile=False)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self._model.predict_on_batch(batch)).reshape(-1)
+
+
+BACKENDS: dict[str, Callable[[Path], Callable[[np.ndarray], np.ndarray]]] = {
+    "keras": KerasRunner,
+}
+
+
 class GenderClassifier:
     """Loads a `.keras` model plus its metadata once, lazily, and classifies crops in batches.
 
     Every call runs the model on fixed-shape batches of `batch_size`, so the
-    compiled predict function is traced once per process.
+    compiled predict function is traced once per process. `backend` names the
+    runtime from BACKENDS.
     """
 
-    def __init__(self, model_path: str | os.PathLike[str] | None = None, batch_size: int = 64):
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str] | None = None,
+        batch_size: int = 64,
+        backend: str = "keras",
+    ):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
         self.model_path = resolve_model_path(model_path)
         self.metadata: ModelMetadata = read_metadata(self.model_path)
         self.batch_size = batch_size
-        self._model: Any = None
+        self.backend = backend
+        self._run: Callable[[np.ndarray], np.ndarray] | None = None
         self._lock = threading.Lock()
 
     @property
@@ -81,12 +109,8 @@ class GenderClassifier:
     def load(self) -> None:
         """Load the model now (idempotent); otherwise the first predict does it."""
         with self._lock:
-            if self._model is None:
-                import keras
-
-                import classifier.layers  # noqa: F401  (registers Preprocess for loading)
-
-                self._model = keras.saving.load_model(self.model_path, compile=False)
+            if self._run is None:
+                self._run = BACKENDS[self.backend](self.model_path)
 
     def predict(self, crops: np.ndarray) -> list[Prediction]:
         """Aligned RGB uint8 crops (N, S, S, 3) -> one Prediction each."""
@@ -103,6 +127,7 @@ class GenderClassifier:
 
     def _raw(self, crops: np.ndarray) -> np.ndarray:
         self.load()
+        assert self._run is not None
         size = self.metadata.input_size
         if crops.shape[1:] != (size, size, 3):
             raise ValueError(f"expected crops of shape (N, {size}, {size}, 3), got {crops.shape}")
@@ -113,6 +138,5 @@ class GenderClassifier:
             if count < self.batch_size:
                 padding = np.zeros((self.batch_size - count, *batch.shape[1:]), np.float32)
                 batch = np.concatenate([batch, padding])
-            out = np.asarray(self._model.predict_on_batch(batch)).reshape(-1)
-            outputs.append(out[:count])
+            outputs.append(self._run(batch)[:count])
         return np.concatenate(outputs)

@@ -58,7 +58,8 @@ class FaceDetector:
             for row in rows:
                 index = indices[int(row[0])]
                 _, scale, pad = prepared[index]
-                results[index].append(_to_face(row, scale, pad))
+                height, width = images[index].shape[:2]
+                results[index].append(_to_face(row, scale, pad, width, height))
         for faces in results:
             faces.sort(key=lambda face: (face.box[1], face.box[0]))
         return results
@@ -89,9 +90,14 @@ class FaceDetector:
         return np.asarray(rows, dtype=np.float64).reshape(-1, 16)
 
 
-def _to_face(row: np.ndarray, scale: float, pad: int) -> Face:
-    """MTCNN row [image, x1, y1, x2, y2, score, 5 xs, 5 ys] -> Face in original pixels."""
+def _to_face(row: np.ndarray, scale: float, pad: int, width: int, height: int) -> Face:
+    """MTCNN row [image, x1, y1, x2, y2, score, 5 xs, 5 ys] -> Face in original pixels.
+
+    The box is clipped to the image; landmarks are not (alignment needs them as found).
+    """
     x1, y1, x2, y2 = ((row[1:5] - pad) / scale).tolist()
+    x1, x2 = max(0.0, x1), min(float(width), x2)
+    y1, y2 = max(0.0, y1), min(float(height), y2)
     landmarks = ((row[6:16].reshape(2, 5).T - pad) / scale).astype(np.float32)
     return Face(box=(x1, y1, x2 - x1, y2 - y1), landmarks=landmarks, score=float(row[5]))
 

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from worker import training_commands
 from worker.config import Settings
 
 _settings = Settings()
@@ -455,3 +456,7 @@ def _check_schema(db_url: str) -> None:
         raise click.ClickException(
             "the database has no facegender tables yet: run `facegender db upgrade --db URL`"
         )
+
+
+main.add_command(training_commands.train)
+main.add_command(training_commands.evaluate)

@@ -99,9 +99,8 @@ def summarise(split: SplitCrops, p_female: np.ndarray, threshold: float) -> dict
     matrix = [
         [int(np.sum((labels == t) & (predicted == p))) for p in (0, 1, NO_FACE)] for t in (0, 1)
     ]
-    images = split.images
     return {
-        "images": len(images),
+        "images": len(split.images),
         "faces": int(found.sum()),
         "no_face": split.no_face,
         "accuracy": float(correct.mean()),
@@ -110,6 +109,15 @@ def summarise(split: SplitCrops, p_female: np.ndarray, threshold: float) -> dict
         "roc_auc": _finite(roc_auc(p_female, face_labels)),
         "ece": expected_calibration_error(p_female, face_labels, bins=15),
         "confusion": {"true": list(GENDERS), "predicted": [*GENDERS, "no_face"], "matrix": matrix},
+        **group_accuracies(split.images, correct, predicted),
+    }
+
+
+def group_accuracies(
+    images: list[LabelledImage], correct: np.ndarray, predicted: np.ndarray
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Accuracy per gender, race, age band and adult/minor; `predicted` uses NO_FACE."""
+    return {
         "by_gender": _groups(images, correct, predicted, lambda i: GENDERS[i.gender], GENDERS),
         "by_race": _groups(images, correct, predicted, lambda i: i.race_name, RACES),
         "by_age_band": _groups(images, correct, predicted, lambda i: i.age_band, AGE_BAND_NAMES),

@@ -86,9 +86,9 @@ def discover(root: Path) -> list[LabelledImage]:
 
 def _discover_gender_folders(root: Path) -> list[LabelledImage]:
     tops = [d for d in root.iterdir() if d.is_dir() and d.name.lower() in _KAGGLE_TOPS]
-    bases = [(top, _KAGGLE_TOPS[top.name.lower()]) for top in tops] or [(root, None)]
+    bases: list[tuple[Path, str | None]] = [(top, _KAGGLE_TOPS[top.name.lower()]) for top in tops]
     images = []
-    for base, split in sorted(bases):
+    for base, split in sorted(bases, key=lambda pair: pair[0]) or [(root, None)]:
         folders = {d.name.lower(): d for d in base.iterdir() if d.is_dir()}
         present = [g for g in GENDERS if g in folders]
         if not present:

@@ -322,7 +322,7 @@ def test_sigkilled_workers_lose_and_duplicate_nothing(
     cluster, job_folder, reference, postgres_url, redis_url
 ):
     # Attempts are counted on each claim; 5 leaves room for kills that hit one image repeatedly.
-    settings = {"visibility_timeout": "12", "task_time_limit": "10", "max_attempts": "5"}
+    settings = {"visibility_timeout": "25", "task_time_limit": "20", "max_attempts": "5"}
     a, b = cluster("a", **settings), cluster("b", **settings)
     a.wait_ready()
     b.wait_ready()
@@ -348,7 +348,10 @@ def test_sigkilled_workers_lose_and_duplicate_nothing(
     rows = assert_exactly_once(postgres_url, job_id, JOB_IMAGES)
     assert all(row["status"] == DONE for row in rows.values())
     assert max(row["attempts"] for row in rows.values()) >= 2  # kills did hit chunks in flight
-    assert a.text().count("exited with 'signal 9 (SIGKILL)'") == 2  # both pool kills seen
+    # Both pool kills seen (a chunk that overran the hard time limit on a loaded machine is
+    # SIGKILLed by its parent too; those are logged as such and not counted here).
+    log = a.text()
+    assert log.count("exited with 'signal 9 (SIGKILL)'") - log.count("Hard time limit") == 2
     # Chunks that came back were processed image by image, in other batches than the
     # reference: MTCNN may then place a box a few pixels differently, but finds the same faces.
     same = sum(row["face_count"] == reference[name]["face_count"] for name, row in rows.items())

@@ -1,21 +1,28 @@
 """Classifier throughput alone: faces/s on aligned crops at batch sizes 1..256, per backend.
 
-    python bench/classify.py [--crops FILE.npy] [--backends keras,...] [--faces N]
+    python bench/classify.py [--crops FILE.npy] [--backends keras,...] [--faces N] [--repeat 3]
 
 Crops come from FILE.npy (N x 224 x 224 x 3 uint8) or are made from UTKFace
 images in $FACEGENDER_DATA (default ../shared/data) with the serving detector
-and alignment. Each backend is timed in this process on the same crops; the
-first batch of every size is a warm-up (tracing, compilation) and not timed.
+and alignment. Every backend is loaded in this process and timed on the same
+crops, interleaved (size by size, backend by backend, --repeat rounds) so that
+a busy machine slows all alike; the median round is printed. The first batch
+of every size is a warm-up (tracing, compilation, re-planning) and not timed.
+Flip-averaging is off: one face is one model row (with the metadata's
+flip-averaging on, a face costs two rows, so faces/s halves).
 """
 
 import argparse
 import os
+import statistics
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
@@ -51,24 +58,38 @@ def main() -> None:
     parser.add_argument("--backends", default=None, help="comma-separated; default: all offered")
     parser.add_argument("--seconds", type=float, default=3.0, help="timing window per point")
     parser.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)))
+    parser.add_argument("--repeat", type=int, default=1, help="rounds; the median is printed")
     args = parser.parse_args()
 
     from classifier.inference import BACKENDS, GenderClassifier
+    from worker.runtime import configure_tensorflow
 
+    configure_tensorflow(int(os.environ.get("FACEGENDER_TF_THREADS") or 0))
     crops = np.load(args.crops)[: args.faces] if args.crops else utkface_crops(args.faces)
     sizes = [int(s) for s in args.batch_sizes.split(",") if int(s) <= len(crops)]
     backends = args.backends.split(",") if args.backends else list(BACKENDS)
     import keras
 
-    print(f"keras backend: {keras.backend.backend()}, {len(crops)} crops, flip-average off")
-    rows = {}
+    print(
+        f"keras backend: {keras.backend.backend()}, {len(crops)} crops, flip-average off, "
+        f"{os.cpu_count()} CPUs, median of {args.repeat} round(s) of {args.seconds:g}s per point"
+    )
+    classifiers = {}
     for backend in backends:
         classifier = GenderClassifier(args.model, backend=backend)
         object.__setattr__(classifier, "metadata", _no_flip(classifier.metadata))
-        rows[backend] = [faces_per_second(classifier, crops, s, args.seconds) for s in sizes]
-    print("batch  " + "  ".join(f"{b:>10}" for b in backends))
+        classifier.load()
+        classifiers[backend] = classifier
+    rounds: dict[str, list[list[float]]] = {b: [[] for _ in sizes] for b in backends}
+    for _ in range(args.repeat):
+        for i, size in enumerate(sizes):
+            for backend, classifier in classifiers.items():
+                rate = faces_per_second(classifier, crops, size, args.seconds)
+                rounds[backend][i].append(rate)
+    rows = {b: [statistics.median(r) for r in per_size] for b, per_size in rounds.items()}
+    print("batch  " + "  ".join(f"{b:>12}" for b in backends))
     for i, size in enumerate(sizes):
-        print(f"{size:>5}  " + "  ".join(f"{rows[b][i]:10.1f}" for b in backends))
+        print(f"{size:>5}  " + "  ".join(f"{rows[b][i]:12.1f}" for b in backends))
     base = backends[0]
     for backend in backends[1:]:
         best = max(rows[backend]) / max(rows[base])

@@ -51,15 +51,17 @@ def evaluate(
     split: str = "test",
     out_dir: str | Path | None = None,
     limit: int | None = None,
+    backend: str = "keras",
 ) -> dict[str, Any]:
     """Scores of the model on `split`; writes evaluation.json and evaluation.png to `out_dir`.
 
     `model_path` None means the configured default model; `out_dir` None means
-    the model's folder (or runs/evaluation-<version> for the bundled model).
+    the model's folder (or runs/evaluation-<version> for the bundled model);
+    `backend` is the inference runtime (see classifier.inference.BACKENDS).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
-    classifier = GenderClassifier(model_path)
+    classifier = GenderClassifier(model_path, backend=backend)
     data_dir = Path(data_dir)
     splits = load_splits(data_dir, limit)
     require(splits, (split,), data_dir)
@@ -73,6 +75,7 @@ def evaluate(
         "threshold": classifier.metadata.threshold,
         "temperature": classifier.metadata.temperature,
         "flip_average": classifier.metadata.flip_average,
+        "backend": classifier.backend_used,
         **summarise(data, p_female, classifier.metadata.threshold),
     }
     out = Path(out_dir) if out_dir is not None else _default_out(classifier)

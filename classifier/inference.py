@@ -1,5 +1,6 @@
 """Gender prediction for batches of aligned face crops."""
 
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from classifier.metadata import ModelMetadata, metadata_path, read_metadata
 
 DEFAULT_MODEL_PATH = Path(__file__).parent / "default_model" / "model.keras"
 MODEL_ENV = "FACEGENDER_MODEL"
+log = logging.getLogger(__name__)
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -60,31 +62,123 @@ def to_predictions(p_female: np.ndarray, threshold: float) -> list[Prediction]:
     return predictions
 
 
-class KerasRunner:
-    """Runs the `.keras` model with whichever Keras backend is active (TensorFlow, JAX)."""
+# A runner maps a batch (N, S, S, 3) of RGB 0..255 pixels (uint8, or float32 from other
+# callers) to the model's N raw outputs.
+Runner = Callable[[np.ndarray], np.ndarray]
 
-    def __init__(self, model_path: Path) -> None:
+
+class KerasRunner:
+    """Runs the `.keras` model with whichever Keras backend is active (TensorFlow, JAX).
+
+    `mixed` computes in float16 on a GPU (bfloat16 on a CPU) with float32
+    weights and a float32 output layer, Keras's mixed-precision recipe.
+    """
+
+    pad_multiple = 0  # fixed-shape batches: one trace serves every call
+
+    def __init__(self, model_path: Path, threads: int = 0, mixed: bool = False) -> None:
         import keras
 
         import classifier.layers  # noqa: F401  (registers Preprocess for loading)
 
-        self._model = keras.saving.load_model(model_path, compile=False)
+        model = keras.saving.load_model(model_path, compile=False)
+        if mixed:
+            model = _mixed_precision(model, "mixed_float16" if _has_gpu() else "mixed_bfloat16")
+        self._model = model
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return np.asarray(self._model.predict_on_batch(batch)).reshape(-1)
+        batch = np.asarray(batch, dtype=np.float32)
+        return np.asarray(self._model.predict_on_batch(batch), dtype=np.float32).reshape(-1)
 
 
-BACKENDS: dict[str, Callable[[Path], Callable[[np.ndarray], np.ndarray]]] = {
+def _mixed_precision(model, policy: str):
+    """A copy of a functional `model` computing in `policy`, its last layer kept float32."""
+    import keras
+
+    last = model.layers[-1].name
+
+    def clone(layer):
+        config = layer.get_config()
+        if layer.name != last and not isinstance(layer, keras.layers.InputLayer):
+            config["dtype"] = policy
+        return layer.__class__.from_config(config)
+
+    mixed = keras.models.clone_model(model, clone_function=clone)
+    mixed.set_weights(model.get_weights())
+    return mixed
+
+
+def _has_gpu() -> bool:
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return any(device.platform == "gpu" for device in jax.devices())
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def _keras_mixed(model_path: Path, threads: int = 0) -> KerasRunner:
+    return KerasRunner(model_path, threads, mixed=True)
+
+
+def _litert(model_path: Path, threads: int = 0) -> Runner:
+    from classifier.litert import LiteRTRunner
+
+    return LiteRTRunner(model_path, threads=threads)
+
+
+def _litert_int8(model_path: Path, threads: int = 0) -> Runner:
+    from classifier.litert import LiteRTRunner
+
+    return LiteRTRunner(model_path, quantized=True, threads=threads)
+
+
+# Each takes the model path and a thread count (0: the runtime's default; Keras
+# follows TensorFlow's process-wide pools instead).
+BACKENDS: dict[str, Callable[[Path, int], Runner]] = {
     "keras": KerasRunner,
+    "keras-mixed": _keras_mixed,
+    "litert": _litert,
+    "litert-int8": _litert_int8,
 }
+AUTO = "auto"
+# What "auto" tries, in order, chosen by bench/classify.py on each kind of machine
+# (bench/results/): on a GPU, Keras in mixed precision fills it; on a CPU, XNNPACK
+# int8 is the fastest, then XNNPACK float32; Keras is the fallback that always loads.
+AUTO_GPU = ("keras-mixed", "keras")
+AUTO_CPU = ("litert-int8", "litert", "keras")
+# Rows per model call when not given: bench/results/classify_h100_jax.txt shows a
+# GPU still gaining at 256 and more; on 2 CPU cores LiteRT is flat from 8 rows on.
+GPU_BATCH, CPU_BATCH = 256, 32
+
+
+def load_runner(backend: str, model_path: Path, threads: int = 0) -> tuple[str, Runner]:
+    """(backend used, runner) for a BACKENDS name or "auto", which takes the first that loads."""
+    if backend != AUTO:
+        return backend, BACKENDS[backend](model_path, threads)
+    candidates = AUTO_GPU if _has_gpu() else AUTO_CPU
+    for name in candidates:
+        try:
+            return name, BACKENDS[name](model_path, threads)
+        except Exception as exc:  # an artifact or runtime this machine lacks: try the next
+            if name == candidates[-1]:
+                raise
+            log.warning("backend %s unavailable (%s); trying the next", name, exc)
+    raise AssertionError("unreachable")
 
 
 class GenderClassifier:
     """Loads a `.keras` model plus its metadata once, lazily, and classifies crops in batches.
 
-    Every call runs the model on fixed-shape batches of `batch_size`, so the
-    compiled predict function is traced once per process. `backend` names the
-    runtime from BACKENDS.
+    `backend` names the runtime from BACKENDS, or "auto" for the fastest one this
+    machine can load (what the worker serves with); `backend_used` says which,
+    once loaded. Every model call gets `batch_size` rows (a crop and, when
+    the metadata asks for flip-averaging, its mirror image in the same call), so a
+    traced Keras function is traced once per process; runtimes that re-plan cheaply
+    (LiteRT) get a short last batch padded only to a multiple of their `pad_multiple`.
     """
 
     def __init__(
@@ -92,14 +186,22 @@ class GenderClassifier:
         model_path: str | os.PathLike[str] | None = None,
         batch_size: int = 64,
         backend: str = "keras",
+        threads: int = 0,
     ):
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+        """`batch_size` 0 means the backend's own: GPU_BATCH on a GPU, else CPU_BATCH.
+
+        `threads` is for runtimes with their own thread pool (LiteRT); 0 means all cores.
+        """
+        if backend != AUTO and backend not in BACKENDS:
+            choices = ", ".join([AUTO, *BACKENDS])
+            raise ValueError(f"unknown backend {backend!r}; choose from {choices}")
         self.model_path = resolve_model_path(model_path)
         self.metadata: ModelMetadata = read_metadata(self.model_path)
         self.batch_size = batch_size
         self.backend = backend
-        self._run: Callable[[np.ndarray], np.ndarray] | None = None
+        self.threads = threads
+        self.backend_used: str | None = None
+        self._run: Runner | None = None
         self._lock = threading.Lock()
 
     @property
@@ -110,7 +212,19 @@ class GenderClassifier:
         """Load the model now (idempotent); otherwise the first predict does it."""
         with self._lock:
             if self._run is None:
-                self._run = BACKENDS[self.backend](self.model_path)
+                self.backend_used, self._run = load_runner(
+                    self.backend, self.model_path, self.threads
+                )
+                if not self.batch_size:
+                    on_gpu = self.backend_used.startswith("keras") and _has_gpu()
+                    self.batch_size = GPU_BATCH if on_gpu else CPU_BATCH
+                log.info("classifier backend: %s, batch %d", self.backend_used, self.batch_size)
+
+    @property
+    def faces_per_call(self) -> int:
+        """Faces one model call classifies (half its rows when flip-averaging)."""
+        self.load()
+        return max(1, self.batch_size // 2) if self.metadata.flip_average else self.batch_size
 
     def predict(self, crops: np.ndarray) -> list[Prediction]:
         """Aligned RGB uint8 crops (N, S, S, 3) -> one Prediction each."""
@@ -120,23 +234,30 @@ class GenderClassifier:
         """Calibrated P(female) for each crop, flip-averaged when the metadata asks for it."""
         if len(crops) == 0:
             return np.zeros((0,), dtype=np.float64)
-        raw = self._raw(crops)
-        if self.metadata.flip_average:
-            raw = (raw + self._raw(crops[:, :, ::-1])) / 2
+        raw = self._raw(crops, flip=self.metadata.flip_average)
         return calibrated_p_female(raw, self.metadata.temperature)
 
-    def _raw(self, crops: np.ndarray) -> np.ndarray:
+    def _raw(self, crops: np.ndarray, flip: bool) -> np.ndarray:
+        """Model output per crop (the mean of crop and mirror image if `flip`)."""
         self.load()
         assert self._run is not None
         size = self.metadata.input_size
         if crops.shape[1:] != (size, size, 3):
             raise ValueError(f"expected crops of shape (N, {size}, {size}, 3), got {crops.shape}")
+        rows = max(self.batch_size, 2) if flip else self.batch_size
+        per_call = rows // 2 if flip else rows
+        multiple = getattr(self._run, "pad_multiple", 0)
         outputs = []
-        for start in range(0, len(crops), self.batch_size):
-            batch = np.asarray(crops[start : start + self.batch_size], dtype=np.float32)
-            count = len(batch)
-            if count < self.batch_size:
-                padding = np.zeros((self.batch_size - count, *batch.shape[1:]), np.float32)
+        for start in range(0, len(crops), per_call):
+            chunk = np.asarray(crops[start : start + per_call])
+            if chunk.dtype != np.uint8:
+                chunk = chunk.astype(np.float32)
+            count = len(chunk)
+            batch = np.concatenate([chunk, chunk[:, :, ::-1]]) if flip else chunk
+            wanted = min(rows, -(-len(batch) // multiple) * multiple) if multiple else rows
+            if len(batch) < wanted:
+                padding = np.zeros((wanted - len(batch), *batch.shape[1:]), batch.dtype)
                 batch = np.concatenate([batch, padding])
-            outputs.append(self._run(batch)[:count])
+            out = self._run(batch)
+            outputs.append((out[:count] + out[count : 2 * count]) / 2 if flip else out[:count])
         return np.concatenate(outputs)

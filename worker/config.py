@@ -26,6 +26,17 @@ class Settings:
     min_face_size: int = field(default_factory=lambda: _env_int("FACEGENDER_MIN_FACE_SIZE", 20))
     max_attempts: int = field(default_factory=lambda: _env_int("FACEGENDER_MAX_ATTEMPTS", 3))
     tf_threads: int = field(default_factory=lambda: _env_int("FACEGENDER_TF_THREADS", 0))
+    # Classifier runtime (see classifier.inference.BACKENDS): "auto" picks the fastest
+    # this machine loads (Keras in mixed precision on a GPU, LiteRT int8 on a CPU).
+    backend: str = field(default_factory=lambda: os.environ.get("FACEGENDER_BACKEND", "auto"))
+    # Groups of images detected at once, each on its own thread; 0: see runtime.plan_threads.
+    detect_workers: int = field(default_factory=lambda: _env_int("FACEGENDER_DETECT_WORKERS", 0))
+    # Images per detector call; 0: 16 on a CPU, 64 on a GPU.
+    detect_group: int = field(default_factory=lambda: _env_int("FACEGENDER_DETECT_GROUP", 0))
+    # Rows per classifier call; 0 lets the backend choose (256 on a GPU, 32 on a CPU).
+    classify_batch_size: int = field(
+        default_factory=lambda: _env_int("FACEGENDER_CLASSIFY_BATCH", 0)
+    )
     # Distributed mode: a chunk running longer than task_time_limit has its worker
     # process killed (and counts as a failed attempt); the broker hands an unacked
     # chunk of a dead worker to another one after visibility_timeout, which must be

@@ -1,0 +1,67 @@
+"""Inference backends: LiteRT float32 matches Keras, int8 stays close, "auto" falls back."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from classifier import GenderClassifier
+from classifier.inference import BACKENDS, load_runner
+from classifier.litert import ArtifactMissingError, int8_paths
+
+
+@pytest.fixture(scope="module")
+def crops(utkface_files: list[Path]) -> np.ndarray:
+    from detector import FaceDetector, align_face, load_image
+
+    images = [load_image(p).pixels for p in utkface_files[::900][:24]]
+    found = FaceDetector().detect_batch(images)
+    pairs = zip(images, found, strict=True)
+    return np.stack([align_face(image, faces[0].landmarks) for image, faces in pairs if faces])
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(autouse=True)
+def private_cache(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FACEGENDER_CACHE", str(cache))
+
+
+def test_litert_float32_matches_keras(crops: np.ndarray, model_path: Path, cache: Path) -> None:
+    keras_p = GenderClassifier(model_path, batch_size=8).predict_p_female(crops)
+    litert = GenderClassifier(model_path, batch_size=8, backend="litert")
+    assert np.allclose(litert.predict_p_female(crops), keras_p, atol=1e-4)
+    assert len(list((cache / "litert").glob("*.fp32.tflite"))) == 1  # converted once, cached
+
+
+def test_int8_stays_close_to_keras(crops: np.ndarray, model_path: Path) -> None:
+    keras_p = GenderClassifier(model_path, batch_size=8).predict_p_female(crops)
+    int8 = GenderClassifier(model_path, batch_size=8, backend="litert-int8")
+    int8_p = int8.predict_p_female(crops)
+    assert np.mean((int8_p >= 0.5) == (keras_p >= 0.5)) >= 0.9
+    assert np.median(np.abs(int8_p - keras_p)) < 0.05
+
+
+def test_batch_size_and_padding_do_not_change_results(crops: np.ndarray, model_path: Path) -> None:
+    big = GenderClassifier(model_path, batch_size=32, backend="litert-int8")
+    small = GenderClassifier(model_path, batch_size=3, backend="litert-int8")
+    assert np.allclose(big.predict_p_female(crops), small.predict_p_female(crops), atol=1e-6)
+    assert small.faces_per_call == (1 if small.metadata.flip_average else 3)
+
+
+def test_auto_skips_an_int8_model_made_from_another_model(tmp_path: Path, model_path: Path) -> None:
+    copy = tmp_path / "model.keras"
+    shutil.copy(model_path, copy)
+    shutil.copy(model_path.with_suffix(".json"), copy.with_suffix(".json"))
+    artifact, record = int8_paths(copy)
+    shutil.copy(int8_paths(model_path)[0], artifact)
+    record.write_text(json.dumps({"model_sha256": "0" * 64}))
+    with pytest.raises(ArtifactMissingError):
+        BACKENDS["litert-int8"](copy, 0)
+    used, _ = load_runner("auto", copy)
+    assert used == "litert"

@@ -145,6 +145,8 @@ def results(
     from worker.results import RESULT_COLUMNS, face_results, to_csv, to_json
 
     rows = face_results(_open(db_url), job_id, gender, min_confidence, include_empty)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "csv":
         text = to_csv(rows)
     elif fmt == "json":

@@ -90,7 +90,7 @@ def process_chunk(
     if len(image_ids) > 1 and _tried_before(sessions, image_ids):
         report = BatchReport()
         for image_id in image_ids:
-            _add(report, process_images(sessions, [image_id], models, max_attempts))
+            report.add(process_images(sessions, [image_id], models, max_attempts))
     else:
         report = process_images(sessions, image_ids, models, max_attempts)
     finish_if_complete(sessions, job_id)
@@ -103,12 +103,3 @@ def _tried_before(sessions: sessionmaker[Session], image_ids: Sequence[int]) -> 
             Image.id.in_(image_ids), Image.status == PENDING, Image.attempts > 0
         )
         return bool(session.scalar(query))
-
-
-def _add(totals: BatchReport, report: BatchReport) -> None:
-    totals.done += report.done
-    totals.errors += report.errors
-    totals.faces += report.faces
-    totals.skipped += report.skipped
-    for stage, seconds in report.seconds.items():
-        totals.seconds[stage] += seconds

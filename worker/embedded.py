@@ -31,17 +31,8 @@ def run_folder(
     for chunk, report in zip(
         chunks, process_batches(sessions, chunks, models, max_attempts), strict=True
     ):
-        _add(totals, report)
+        totals.add(report)
         if on_batch:
             on_batch(report, len(chunk))
     finish_if_complete(sessions, job_id)
     return job_id, totals
-
-
-def _add(totals: BatchReport, report: BatchReport) -> None:
-    totals.done += report.done
-    totals.errors += report.errors
-    totals.faces += report.faces
-    totals.skipped += report.skipped
-    for stage, seconds in report.seconds.items():
-        totals.seconds[stage] += seconds

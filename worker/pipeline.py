@@ -110,6 +110,15 @@ class BatchReport:
     skipped: int = 0
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
+    def add(self, other: "BatchReport") -> None:
+        """Accumulate another report into this one (totals over a job or a retried chunk)."""
+        self.done += other.done
+        self.errors += other.errors
+        self.faces += other.faces
+        self.skipped += other.skipped
+        for stage, seconds in other.seconds.items():
+            self.seconds[stage] += seconds
+
 
 @dataclass
 class _Work:

@@ -35,11 +35,8 @@ class ArtifactMissingError(FileNotFoundError):
 
 
 def model_sha256(model_path: Path) -> str:
-    digest = hashlib.sha256()
     with open(model_path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def cache_dir() -> Path:

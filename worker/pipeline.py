@@ -14,6 +14,7 @@ next batch is claimed and starts decoding and detecting while the previous
 one finishes classifying and is stored.
 """
 
+import os
 import threading
 import time
 from collections import defaultdict, deque
@@ -48,6 +49,8 @@ class _Pools:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pools: dict[tuple[str, int], ThreadPoolExecutor] = {}
+        # A forked child has none of the parent's threads: it starts its own.
+        os.register_at_fork(after_in_child=self.__init__)
 
     def __call__(self, name: str, workers: int) -> ThreadPoolExecutor:
         with self._lock:

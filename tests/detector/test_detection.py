@@ -1,5 +1,6 @@
 """MTCNN detection and alignment on real faces: UTKFace chips and crowd photos."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -91,3 +92,26 @@ def test_large_images_are_downscaled_and_mapped_back(crowd_files: list[Path]) ->
     for face in small_faces[:5]:
         centre = np.array([face.box[0] + face.box[2] / 2, face.box[1] + face.box[3] / 2]) * 4
         assert np.min(np.linalg.norm(centres - centre, axis=1)) < 40
+
+
+# UTKFace close-ups (validation split) whose face overflows the chip: the usual border misses them.
+CLOSE_UPS = (
+    "26_0_0_20170113210319560.jpg.chip.jpg",
+    "56_1_0_20170110175738208.jpg.chip.jpg",
+    "65_0_1_20170117191903245.jpg.chip.jpg",
+    "85_1_0_20170110183112103.jpg.chip.jpg",
+)
+
+
+def test_close_ups_missed_at_first_are_found_inside_a_wider_border(
+    detector: FaceDetector, data_dir: Path
+) -> None:
+    images = [load_image(data_dir / "utkface" / name).pixels for name in CLOSE_UPS]
+    no_retry = FaceDetector(replace(detector.settings, retry_pad_fraction=0))
+    assert [len(faces) for faces in no_retry.detect_batch(images)] == [0] * len(images)
+    for image, faces in zip(images, detector.detect_batch(images), strict=True):
+        assert len(faces) == 1
+        height, width = image.shape[:2]
+        eyes = faces[0].landmarks[:2]
+        assert np.all((eyes >= 0) & (eyes < [width, height]))
+        assert eyes[0, 0] < eyes[1, 0]  # left eye (image left) before right eye

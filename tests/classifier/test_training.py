@@ -33,7 +33,14 @@ from classifier.metrics import (
     roc_auc,
     roc_curve,
 )
-from classifier.training import ResumeError, TrainConfig, build_model, compile_model, train
+from classifier.training import (
+    FLIP_GATES,
+    ResumeError,
+    TrainConfig,
+    build_model,
+    compile_model,
+    train,
+)
 from classifier.training_data import SPLIT_LISTS, assign_splits, load_splits
 from worker.training_commands import evaluate as evaluate_command
 from worker.training_commands import train as train_command
@@ -106,6 +113,7 @@ def test_metadata_describes_the_model_and_its_training(trained: Path) -> None:
     assert metadata.threshold == 0.5
     assert 0.05 <= metadata.temperature <= 20
     assert isinstance(metadata.flip_average, bool)
+    assert metadata.flip_below in (*FLIP_GATES, 1.0)
     training = metadata.training
     assert training["images"] == SUBSET
     assert set(training["no_face"]) == set(SUBSET)
@@ -117,7 +125,8 @@ def test_metadata_describes_the_model_and_its_training(trained: Path) -> None:
     assert val["faces"] == SUBSET["val"] - training["no_face"]["val"]
     for key in ("accuracy", "accuracy_end_to_end", "ece", "roc_auc"):
         assert 0 <= val[key] <= 1
-    assert set(metadata.metrics["val_candidates"]) == {"plain", "flip"}
+    gates = {f"flip<{gate}" for gate in FLIP_GATES}
+    assert set(metadata.metrics["val_candidates"]) == {"plain", "flip", *gates}
 
 
 def test_evaluate_reports_end_to_end_scores(trained: Path, subset: Path, tmp_path: Path) -> None:

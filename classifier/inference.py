@@ -103,7 +103,8 @@ def _mixed_precision(model, policy: str):
             config["dtype"] = policy
         return layer.__class__.from_config(config)
 
-    mixed = keras.models.clone_model(model, clone_function=clone)
+    # recursive: the backbone is a model inside the model, and must compute in `policy` too.
+    mixed = keras.models.clone_model(model, clone_function=clone, recursive=True)
     mixed.set_weights(model.get_weights())
     return mixed
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from classifier import GenderClassifier
-from classifier.inference import BACKENDS, calibrated_p_female, load_runner
+from classifier.inference import BACKENDS, KerasRunner, calibrated_p_female, load_runner
 from classifier.litert import ArtifactMissingError, int8_paths
 
 
@@ -46,6 +46,23 @@ def test_int8_stays_close_to_keras(crops: np.ndarray, model_path: Path) -> None:
     int8_p = int8.predict_p_female(crops)
     assert np.mean((int8_p >= 0.5) == (keras_p >= 0.5)) >= 0.9
     assert np.median(np.abs(int8_p - keras_p)) < 0.05
+
+
+def test_mixed_precision_computes_the_backbone_in_bfloat16(
+    crops: np.ndarray, model_path: Path
+) -> None:
+    model = KerasRunner(model_path, mixed=True)._model
+    backbone = next(layer for layer in model.layers if hasattr(layer, "layers"))
+    convolutions = [layer for layer in backbone.layers if "Conv2D" in type(layer).__name__]
+    assert convolutions
+    assert {layer.compute_dtype for layer in convolutions} == {"bfloat16"}
+    assert model.layers[-1].compute_dtype == "float32"
+    mixed_classifier = GenderClassifier(model_path, batch_size=8, backend="keras-mixed")
+    mixed = mixed_classifier.predict_p_female(crops)
+    full = GenderClassifier(model_path, batch_size=8).predict_p_female(crops)
+    assert not np.array_equal(mixed, full)  # it really ran in another precision
+    assert np.mean((mixed >= 0.5) == (full >= 0.5)) >= 0.9
+    assert np.median(np.abs(mixed - full)) < 0.05
 
 
 def test_batch_size_and_padding_do_not_change_results(crops: np.ndarray, model_path: Path) -> None:

@@ -8,8 +8,8 @@ and alignment. Every backend is loaded in this process and timed on the same
 crops, interleaved (size by size, backend by backend, --repeat rounds) so that
 a busy machine slows all alike; the median round is printed. The first batch
 of every size is a warm-up (tracing, compilation, re-planning) and not timed.
-Flip-averaging is off: one face is one model row (with the metadata's
-flip-averaging on, a face costs two rows, so faces/s halves).
+Flip-averaging is off: one face is one model row (the shipped metadata also
+mirrors the faces the model is unsure of, about 7% of them: one more row each).
 """
 
 import argparse

@@ -83,7 +83,9 @@ def main() -> None:
         verdict = "beats bar" if mine >= bar else "below bar"
         print(f"{name:16}{mine:8.1%}{theirs:8.1%}{mine - theirs:+8.1%}{bar:8.1%}  {verdict}")
     print(f"no face found: ours {ours['no_face']}, peer {peer['no_face']}")
-    if args.json:
+    if args.json:  # a committed result: name the model without this machine's folders
+        model = Path(ours["model"])
+        ours["model"] = str(model.relative_to(REPO) if model.is_relative_to(REPO) else model.name)
         args.json.write_text(json.dumps({"ours": ours, "peer": peer}, indent=2) + "\n")
 
 

@@ -65,7 +65,8 @@ class FaceDetector:
         retry_pad = self.settings.retry_pad_fraction
         missed = [i for i, faces in enumerate(results) if not faces]
         if missed and retry_pad > self.settings.pad_fraction:
-            for index, faces in zip(missed, self._detect([images[i] for i in missed], retry_pad)):
+            retried = self._detect([images[i] for i in missed], retry_pad)
+            for index, faces in zip(missed, retried, strict=True):
                 results[index] = faces
         return results
 

@@ -3,7 +3,10 @@
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -328,6 +331,23 @@ def _celery(broker_url: str, queue: str | None = None):
         raise click.ClickException(str(exc)) from exc
 
 
+@contextmanager
+def _sending(
+    db_url: str, broker_url: str, queue: str
+) -> Iterator[tuple[Any, Callable[[int, list[int]], None]]]:
+    """(DB sessions, chunk sender on `queue`) for enqueue and resume; a failed send is a message."""
+    from worker.distributed import EnqueueError
+    from worker.tasks import chunk_sender
+
+    sessions = _open(db_url)
+    _celery(broker_url, queue)
+    try:
+        with chunk_sender(queue) as send:
+            yield sessions, send
+    except EnqueueError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 @main.command()
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @db_option
@@ -336,16 +356,10 @@ def _celery(broker_url: str, queue: str | None = None):
 @queue_option
 def enqueue(folder: Path, db_url: str, broker_url: str, chunk_size: int, queue: str) -> None:
     """Create a job for FOLDER and queue its images in chunks; prints the job id."""
-    from worker.distributed import EnqueueError, enqueue_folder
-    from worker.tasks import chunk_sender
+    from worker.distributed import enqueue_folder
 
-    sessions = _open(db_url)
-    _celery(broker_url, queue)
-    try:
-        with chunk_sender(queue) as send:
-            job_id, count = enqueue_folder(sessions, folder, chunk_size, send)
-    except EnqueueError as exc:
-        raise click.ClickException(str(exc)) from exc
+    with _sending(db_url, broker_url, queue) as (sessions, send):
+        job_id, count = enqueue_folder(sessions, folder, chunk_size, send)
     stderr.print(
         f"job {job_id}: {count} images queued in {-(-count // chunk_size)} chunks on {queue!r}"
     )
@@ -360,17 +374,12 @@ def enqueue(folder: Path, db_url: str, broker_url: str, chunk_size: int, queue: 
 @queue_option
 def resume(job_id: int, db_url: str, broker_url: str, chunk_size: int, queue: str) -> None:
     """Queue again every image of JOB_ID that is still pending (after a lost broker or crash)."""
-    from worker.distributed import EnqueueError, resume_job
-    from worker.tasks import chunk_sender
+    from worker.distributed import resume_job
 
-    sessions = _open(db_url)
-    _celery(broker_url, queue)
     try:
-        with chunk_sender(queue) as send:
+        with _sending(db_url, broker_url, queue) as (sessions, send):
             count = resume_job(sessions, job_id, chunk_size, send)
-    except LookupError as exc:
-        raise click.ClickException(str(exc)) from exc
-    except EnqueueError as exc:
+    except LookupError as exc:  # no such job
         raise click.ClickException(str(exc)) from exc
     click.echo(f"job {job_id}: {count} pending images queued again on {queue!r}")
 

@@ -37,7 +37,7 @@ class DetectorSettings:
     pad_fraction: float = 0.25
     # Images with no face are searched once more inside this wider border (0: no retry).
     # Close-ups whose face overflows the frame are found then, for no cost on other images.
-    retry_pad_fraction: float = 0.5
+    retry_pad_fraction: float = 0.75
 
 
 class FaceDetector:

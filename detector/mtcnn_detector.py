@@ -38,6 +38,9 @@ class DetectorSettings:
     # Images with no face are searched once more inside this wider border (0: no retry).
     # Close-ups whose face overflows the frame are found then, for no cost on other images.
     retry_pad_fraction: float = 0.75
+    # Such a face is large, so the retry runs on a copy at most this big: cheap in time and
+    # memory even for a folder of large photos without faces.
+    retry_max_side: int = 320
 
 
 class FaceDetector:
@@ -61,18 +64,21 @@ class FaceDetector:
 
     def detect_batch(self, images: list[np.ndarray]) -> list[list[Face]]:
         """Faces for each RGB uint8 image; images of equal detection size share one call."""
-        results = self._detect(images, self.settings.pad_fraction)
-        retry_pad = self.settings.retry_pad_fraction
+        s = self.settings
+        results = self._detect(images, s.pad_fraction, s.max_side)
         missed = [i for i, faces in enumerate(results) if not faces]
-        if missed and retry_pad > self.settings.pad_fraction:
-            retried = self._detect([images[i] for i in missed], retry_pad)
+        if missed and s.retry_pad_fraction > s.pad_fraction:
+            retry_side = min(s.max_side, s.retry_max_side)
+            retried = self._detect([images[i] for i in missed], s.retry_pad_fraction, retry_side)
             for index, faces in zip(missed, retried, strict=True):
                 results[index] = faces
         return results
 
-    def _detect(self, images: list[np.ndarray], pad_fraction: float) -> list[list[Face]]:
+    def _detect(
+        self, images: list[np.ndarray], pad_fraction: float, max_side: int
+    ) -> list[list[Face]]:
         self.load()
-        prepared = [self._prepare(image, pad_fraction) for image in images]
+        prepared = [self._prepare(image, pad_fraction, max_side) for image in images]
         groups: dict[tuple[tuple[int, ...], int], list[int]] = defaultdict(list)
         for index, (det_image, _, pad) in enumerate(prepared):
             groups[det_image.shape, pad].append(index)
@@ -88,10 +94,12 @@ class FaceDetector:
             faces.sort(key=lambda face: (face.box[1], face.box[0]))
         return results
 
-    def _prepare(self, image: np.ndarray, pad_fraction: float) -> tuple[np.ndarray, float, int]:
+    def _prepare(
+        self, image: np.ndarray, pad_fraction: float, max_side: int
+    ) -> tuple[np.ndarray, float, int]:
         """Downscale to max_side and pad; returns (detection image, scale, pad in det pixels)."""
         height, width = image.shape[:2]
-        scale = min(1.0, self.settings.max_side / max(height, width))
+        scale = min(1.0, max_side / max(height, width))
         if scale < 1.0:
             size = (max(1, round(width * scale)), max(1, round(height * scale)))
             image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)

@@ -38,7 +38,9 @@ def test_faces_match_the_mtcnn_package(utkface_files: list[Path], crowd_files: l
     package = MTCNN()
     s = detector.settings
     for files in (utkface_files[::1500][:12], crowd_files[:4]):
-        prepared = [detector._prepare(load_image(p).pixels, s.pad_fraction) for p in files]
+        prepared = [
+            detector._prepare(load_image(p).pixels, s.pad_fraction, s.max_side) for p in files
+        ]
         images = [image for image, _, _ in prepared]
         expected = np.asarray(
             package.detect_faces(

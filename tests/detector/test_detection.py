@@ -115,3 +115,17 @@ def test_close_ups_missed_at_first_are_found_inside_a_wider_border(
         eyes = faces[0].landmarks[:2]
         assert np.all((eyes >= 0) & (eyes < [width, height]))
         assert eyes[0, 0] < eyes[1, 0]  # left eye (image left) before right eye
+
+
+def test_the_retry_of_a_large_photo_runs_small_and_maps_back(
+    detector: FaceDetector, data_dir: Path
+) -> None:
+    import cv2
+
+    chip = load_image(data_dir / "utkface" / CLOSE_UPS[0]).pixels
+    (small,) = detector.detect(chip)
+    large = cv2.resize(chip, None, fx=4, fy=4, interpolation=cv2.INTER_CUBIC)  # 800 x 800
+    assert max(large.shape) > detector.settings.retry_max_side
+    (found,) = detector.detect(large)
+    # Same face, same points, to within 5% of the photo (MTCNN at another resolution).
+    assert np.allclose(found.landmarks, small.landmarks * 4, atol=0.05 * 800)

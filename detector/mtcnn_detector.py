@@ -22,6 +22,10 @@ from detector.faces import Face
 # The package's defaults for what this module does not expose as settings.
 _SCALE_FACTOR = 0.709
 _NMS_PNET_SCALE, _NMS_PNET, _NMS_RNET, _NMS_ONET = 0.5, 0.7, 0.7, 0.7
+# Padded detection pixels per MTCNN call. A call holds its batch in float32 with every pyramid
+# level (about 50 bytes per pixel), so this bounds it near 200 MB: small images still share a
+# call by the dozen, large photos go a few at a time.
+_CALL_PIXELS = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -83,13 +87,15 @@ class FaceDetector:
         for index, (det_image, _, pad) in enumerate(prepared):
             groups[det_image.shape, pad].append(index)
         results: list[list[Face]] = [[] for _ in images]
-        for (_, pad), indices in groups.items():
-            rows = self._run_mtcnn([prepared[i][0] for i in indices], pad)
-            for row in rows:
-                index = indices[int(row[0])]
-                _, scale, pad = prepared[index]
-                height, width = images[index].shape[:2]
-                results[index].append(_to_face(row, scale, pad, width, height))
+        for ((height, width, _), pad), group in groups.items():
+            per_call = max(1, _CALL_PIXELS // (height * width))
+            for start in range(0, len(group), per_call):
+                indices = group[start : start + per_call]
+                for row in self._run_mtcnn([prepared[i][0] for i in indices], pad):
+                    index = indices[int(row[0])]
+                    _, scale, _ = prepared[index]
+                    image_height, image_width = images[index].shape[:2]
+                    results[index].append(_to_face(row, scale, pad, image_width, image_height))
         for faces in results:
             faces.sort(key=lambda face: (face.box[1], face.box[0]))
         return results

@@ -40,6 +40,31 @@ def test_batch_and_single_detection_agree(detector, utk_sample) -> None:
             assert np.allclose(a.box, b.box, atol=1.0)
 
 
+def test_large_photos_are_detected_a_few_per_call_with_the_same_faces(
+    detector: FaceDetector, crowd_files: list[Path]
+) -> None:
+    import cv2
+
+    photos = [
+        cv2.resize(load_image(path).pixels, (1000, 1000), interpolation=cv2.INTER_CUBIC)
+        for path in crowd_files[:6]
+    ]
+    calls: list[int] = []
+    run = detector._run_mtcnn
+    detector._run_mtcnn = lambda batch, pad: (calls.append(len(batch)), run(batch, pad))[1]
+    try:
+        together = detector.detect_batch(photos)
+    finally:
+        del detector._run_mtcnn
+    assert len(calls) > 1 and max(calls) < len(photos)  # 1500 x 1500 padded: a few per call
+    assert sum(map(len, together)) >= len(photos)
+    for photo, faces in zip(photos, together, strict=True):
+        alone = detector.detect(photo)
+        assert len(alone) == len(faces)
+        for a, b in zip(alone, faces, strict=True):
+            assert np.allclose(a.box, b.box, atol=1.0)
+
+
 def test_aligned_crops_put_the_eyes_on_the_template(detector, utk_sample) -> None:
     errors = []
     for image, faces in zip(utk_sample[:40], detector.detect_batch(utk_sample[:40]), strict=True):

@@ -32,8 +32,13 @@ class CropSet:
     face_counts: np.ndarray
 
 
+def cache_home() -> Path:
+    """$FACEGENDER_CACHE, else ~/.cache/facegender: every on-disk cache lives under it."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "facegender")
+
+
 def cache_root() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "facegender") / "crops"
+    return cache_home() / "crops"
 
 
 def main_face(faces: Sequence[Face]) -> Face | None:

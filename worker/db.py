@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -24,7 +26,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 PENDING, DONE, ERROR = "pending", "done", "error"
-RUNNING = "running"
+RUNNING, CANCELLED = "running", "cancelled"
 
 
 def utcnow() -> datetime:
@@ -46,6 +48,14 @@ class Job(Base):
     image_count: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # False while the folder is still being scanned: the job cannot be done before.
+    scan_done: Mapped[bool] = mapped_column(Boolean, default=True)
+    # What produced the rows (see migration 0002); detector_settings and runtime are JSON.
+    model_version: Mapped[str | None] = mapped_column(String(64))
+    backend: Mapped[str | None] = mapped_column(String(32))
+    detector_settings: Mapped[str | None] = mapped_column(Text)
+    runtime: Mapped[str | None] = mapped_column(Text)
+    package_version: Mapped[str | None] = mapped_column(String(32))
 
 
 class Image(Base):
@@ -69,6 +79,11 @@ class Image(Base):
     face_count: Mapped[int | None] = mapped_column(Integer)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     processed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The lease: who claimed the image for processing, and when.
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The file name's bytes when they are not UTF-8 (`path` then holds a readable form).
+    path_raw: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class Face(Base):

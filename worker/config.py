@@ -4,9 +4,22 @@ import os
 from dataclasses import dataclass, field
 
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    return int(value) if value else default
+class ConfigError(ValueError):
+    """An environment value facegender cannot use; the message names the variable."""
+
+
+def _env_int(name: str, default: int, minimum: int = 1) -> int:
+    """An integer setting; a value that is not one is an error naming the variable."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, not {value!r}") from None
+    if number < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, not {number}")
+    return number
 
 
 @dataclass(frozen=True)
@@ -25,17 +38,21 @@ class Settings:
     max_side: int = field(default_factory=lambda: _env_int("FACEGENDER_MAX_SIDE", 1024))
     min_face_size: int = field(default_factory=lambda: _env_int("FACEGENDER_MIN_FACE_SIZE", 20))
     max_attempts: int = field(default_factory=lambda: _env_int("FACEGENDER_MAX_ATTEMPTS", 3))
-    tf_threads: int = field(default_factory=lambda: _env_int("FACEGENDER_TF_THREADS", 0))
-    # Classifier runtime (see classifier.inference.BACKENDS): "auto" picks the fastest
+    tf_threads: int = field(default_factory=lambda: _env_int("FACEGENDER_TF_THREADS", 0, minimum=0))
+    # Classifier runtime (see classifier.runtime.backends): "auto" picks the fastest
     # this machine loads (Keras in mixed precision on a GPU, LiteRT int8 on a CPU).
     backend: str = field(default_factory=lambda: os.environ.get("FACEGENDER_BACKEND", "auto"))
     # Groups of images detected at once, each on its own thread; 0: see runtime.plan_threads.
-    detect_workers: int = field(default_factory=lambda: _env_int("FACEGENDER_DETECT_WORKERS", 0))
+    detect_workers: int = field(
+        default_factory=lambda: _env_int("FACEGENDER_DETECT_WORKERS", 0, minimum=0)
+    )
     # Images per detector call; 0: 16 on a CPU, 64 on a GPU.
-    detect_group: int = field(default_factory=lambda: _env_int("FACEGENDER_DETECT_GROUP", 0))
+    detect_group: int = field(
+        default_factory=lambda: _env_int("FACEGENDER_DETECT_GROUP", 0, minimum=0)
+    )
     # Rows per classifier call; 0 lets the backend choose (256 on a GPU, 32 on a CPU).
     classify_batch_size: int = field(
-        default_factory=lambda: _env_int("FACEGENDER_CLASSIFY_BATCH", 0)
+        default_factory=lambda: _env_int("FACEGENDER_CLASSIFY_BATCH", 0, minimum=0)
     )
     # Distributed mode: a chunk running longer than task_time_limit has its worker
     # process killed (and counts as a failed attempt); the broker hands an unacked

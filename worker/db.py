@@ -21,6 +21,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    make_url,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
@@ -136,22 +137,61 @@ def _sqlite_pragmas(connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def upgrade(engine: Engine) -> None:
-    """Bring the database to the newest schema with the bundled Alembic migrations."""
-    from alembic import command
+class DatabaseError(Exception):
+    """A database facegender cannot use as asked; the message says what to do."""
+
+
+def _alembic_config():
     from alembic.config import Config
 
     import migrations
 
     config = Config()
     config.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    return config
+
+
+def upgrade(engine: Engine) -> None:
+    """Bring the database to the newest schema with the bundled Alembic migrations."""
+    from alembic import command
+
+    config = _alembic_config()
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
 
 
 def open_database(url: str) -> sessionmaker:
-    """Engine + migration to head + a session factory: what every command starts with."""
+    """Engine + migration to head + a session factory: what the writing commands start with."""
     engine = make_engine(url)
     upgrade(engine)
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def open_for_reading(url: str) -> sessionmaker:
+    """A session factory on an existing database at the newest schema; never writes to it.
+
+    A missing SQLite file or an older schema is a DatabaseError saying what to
+    run, instead of a silently created or migrated database.
+    """
+    from alembic.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    parsed = make_url(url)
+    shown = parsed.render_as_string(hide_password=True)
+    database = parsed.database or ":memory:"
+    on_file = parsed.get_backend_name() == "sqlite" and database != ":memory:"
+    if on_file and not Path(database).is_file():
+        raise DatabaseError(f"no database at {database} (check --db, or run `facegender run`)")
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    if current != head:
+        engine.dispose()
+        state = "has no facegender tables" if current is None else f"is at schema {current}"
+        raise DatabaseError(
+            f"the database {shown} {state}, this facegender needs {head}: "
+            f"run `facegender db upgrade --db {shown}`"
+        )
     return sessionmaker(engine, expire_on_commit=False)

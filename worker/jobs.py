@@ -1,58 +1,174 @@
-"""Job creation and completion: a folder becomes one job row and one pending row per file."""
+"""Job lifecycle: a folder becomes one job row and, streamed in batches, one row per file.
 
-import os
-from collections.abc import Iterator
+The scan registers rows batch by batch (constant memory on any number of
+files), so work can start on the first batch while the rest of the folder
+is still being listed; `jobs.scan_done` stays False until the listing ends,
+and a job is done only once its scan is done and nothing is pending.
+Registering again (a continued job) adds only the files not yet known.
+"""
+
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker.db import DONE, PENDING, RUNNING, Image, Job, utcnow
+from worker.db import CANCELLED, DONE, ERROR, PENDING, RUNNING, Image, Job, utcnow
+from worker.scan import Entry, os_path, scan, text_form
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
-
-
-def scan_folder(root: Path) -> list[str]:
-    """Absolute paths of every image-named entry under `root`, sorted.
-
-    Anything named like an image becomes a row, even a directory or a broken
-    link, so that it is reported as an error instead of silently skipped.
-    Symlinked folders are not followed (no loops).
-    """
-    return sorted(str(path) for path in _walk(root.resolve()))
+SCAN_BATCH = 1000
+_INSERTS: dict[str, Callable[[Any], Any]] = {
+    "postgresql": postgresql.insert,
+    "sqlite": sqlite.insert,
+}
 
 
-def _walk(folder: Path) -> Iterator[Path]:
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            path = Path(entry.path)
-            if path.suffix.lower() in IMAGE_SUFFIXES:
-                yield path
-            if entry.is_dir(follow_symlinks=False):
-                yield from _walk(path)
+def root_text(root: Path) -> str:
+    """The text a job's root is stored (and found again) by."""
+    return text_form(bytes(root.resolve()))[0]
 
 
-def create_job(sessions: sessionmaker[Session], root: Path) -> int:
-    """A job for every image under `root`, all pending; returns the job id."""
+def image_os_path(row: Image) -> str:
+    """The path to open for an image row (its raw bytes when the name is not UTF-8)."""
+    return os_path(row.path, row.path_raw)
+
+
+def new_job(sessions: sessionmaker[Session], root: Path) -> int:
+    """An empty job for `root` whose scan has not run yet; returns its id."""
     if not root.is_dir():
         raise NotADirectoryError(f"{root} is not a directory")
-    paths = scan_folder(root)
     with sessions.begin() as session:
-        job = Job(root=str(root.resolve()), status=PENDING, image_count=len(paths))
+        job = Job(root=root_text(root), status=PENDING, image_count=0, scan_done=False)
         session.add(job)
         session.flush()
-        if paths:
-            session.execute(
-                insert(Image),
-                [{"job_id": job.id, "path": p, "status": PENDING, "attempts": 0} for p in paths],
-            )
         return job.id
 
 
-def pending_image_ids(sessions: sessionmaker[Session], job_id: int) -> list[int]:
+def unfinished_job(sessions: sessionmaker[Session], root: Path) -> int | None:
+    """The newest job for `root` that is neither done nor cancelled, if any."""
     with sessions() as session:
-        query = select(Image.id).where(Image.job_id == job_id, Image.status == PENDING)
-        return list(session.scalars(query.order_by(Image.id)))
+        query = (
+            select(Job.id)
+            .where(Job.root == root_text(root), Job.status.not_in((DONE, CANCELLED)))
+            .order_by(Job.id.desc())
+            .limit(1)
+        )
+        return session.scalar(query)
+
+
+def reopen_for_scan(sessions: sessionmaker[Session], job_id: int) -> None:
+    """Mark a continued job as being scanned again (new files may be found)."""
+    with sessions.begin() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(scan_done=False))
+
+
+def register(
+    sessions: sessionmaker[Session], job_id: int, root: Path, batch: int = SCAN_BATCH
+) -> Iterator[int]:
+    """Scan `root` into the job's rows, one transaction per `batch` entries.
+
+    Yields the job's row count after each batch; once the scan ends, records
+    the count, marks the scan done and finishes the job if nothing is pending.
+    A folder that cannot be listed becomes an error row (`unreadable`).
+    """
+    with sessions() as session:
+        count = _image_count(session, job_id)
+    entries: list[Entry] = []
+    for entry in scan(root):
+        entries.append(entry)
+        if len(entries) >= batch:
+            count += _insert_new(sessions, job_id, entries)
+            entries.clear()
+            yield count
+    if entries:
+        count += _insert_new(sessions, job_id, entries)
+        yield count
+    with sessions.begin() as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(scan_done=True, image_count=_image_count(session, job_id))
+        )
+    finish_if_complete(sessions, job_id)
+
+
+def create_job(sessions: sessionmaker[Session], root: Path) -> int:
+    """A job for every image under `root`, all pending, scan finished; returns the job id."""
+    job_id = new_job(sessions, root)
+    for _ in register(sessions, job_id, root):
+        pass
+    return job_id
+
+
+def _image_count(session: Session, job_id: int) -> int:
+    return session.scalar(select(func.count()).where(Image.job_id == job_id)) or 0
+
+
+def _insert_new(sessions: sessionmaker[Session], job_id: int, entries: list[Entry]) -> int:
+    """Insert the entries not yet in the job; returns how many were new."""
+    now = utcnow()
+    rows = [
+        {
+            "job_id": job_id,
+            "path": e.path,
+            "path_raw": e.path_raw,
+            "status": ERROR if e.error_code else PENDING,
+            "error_code": e.error_code,
+            "error": e.error,
+            "processed_at": now if e.error_code else None,
+            "attempts": 0,
+        }
+        for e in entries
+    ]
+    with sessions.begin() as session:
+        dialect = session.get_bind().dialect.name
+        if dialect not in _INSERTS:  # other databases: a new job's rows are new anyway
+            session.execute(insert(Image), rows)
+            return len(rows)
+        statement = (
+            _INSERTS[dialect](Image)
+            .on_conflict_do_nothing(index_elements=["job_id", "path"])
+            .returning(Image.id)
+        )
+        return len(session.execute(statement, rows).all())
+
+
+def pending_after(
+    sessions: sessionmaker[Session], job_id: int, after: int, limit: int
+) -> list[int]:
+    """Up to `limit` ids of the job's pending images with an id above `after`, in order."""
+    with sessions() as session:
+        query = (
+            select(Image.id)
+            .where(Image.job_id == job_id, Image.status == PENDING, Image.id > after)
+            .order_by(Image.id)
+            .limit(limit)
+        )
+        return list(session.scalars(query))
+
+
+def pending_batches(sessions: sessionmaker[Session], job_id: int, size: int) -> Iterator[list[int]]:
+    """The job's pending image ids, `size` at a time, read page by page (constant memory)."""
+    after = 0
+    while ids := pending_after(sessions, job_id, after, size):
+        after = ids[-1]
+        yield ids
+
+
+def pending_image_ids(sessions: sessionmaker[Session], job_id: int) -> list[int]:
+    return [i for ids in pending_batches(sessions, job_id, SCAN_BATCH) for i in ids]
+
+
+def finished_count(sessions: sessionmaker[Session], job_id: int) -> tuple[int, int]:
+    """(images finished, images registered) of a job."""
+    with sessions() as session:
+        total = _image_count(session, job_id)
+        pending = session.scalar(
+            select(func.count()).where(Image.job_id == job_id, Image.status == PENDING)
+        )
+        return total - (pending or 0), total
 
 
 def mark_running(sessions: sessionmaker[Session], job_id: int) -> None:
@@ -63,8 +179,11 @@ def mark_running(sessions: sessionmaker[Session], job_id: int) -> None:
 
 
 def finish_if_complete(sessions: sessionmaker[Session], job_id: int) -> bool:
-    """Mark the job done once no image is pending; True when it is done."""
+    """Mark the job done once its scan is over and no image is pending; True when done."""
     with sessions.begin() as session:
+        job = session.get(Job, job_id)
+        if job is None or not job.scan_done or job.status == CANCELLED:
+            return False
         pending = session.scalar(
             select(func.count()).where(Image.job_id == job_id, Image.status == PENDING)
         )
@@ -72,7 +191,7 @@ def finish_if_complete(sessions: sessionmaker[Session], job_id: int) -> bool:
             return False
         session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.status != DONE)
+            .where(Job.id == job_id, Job.status.not_in((DONE, CANCELLED)))
             .values(status=DONE, finished_at=utcnow())
         )
         return True

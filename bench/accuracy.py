@@ -2,8 +2,8 @@
 
     python bench/accuracy.py [--backends keras,litert,litert-int8] [--split test]
 
-Runs classifier.evaluation.evaluate (flip-averaging, temperature and threshold
-from the model's metadata; an image without a face counts as wrong) for each
+Runs classifier.training.evaluation.evaluate (flip-averaging, temperature and
+threshold from the model's metadata; an image without a face counts as wrong) for each
 backend on the same crops, and prints accuracy and its difference from the
 first backend in points. Each backend's evaluation.json goes to
 runs/accuracy-<backend>/.
@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--backends", default="keras,litert,litert-int8")
     args = parser.parse_args()
 
-    from classifier.evaluation import evaluate
+    from classifier.training.evaluation import evaluate
 
     results = {}
     for backend in args.backends.split(","):

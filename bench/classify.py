@@ -17,6 +17,7 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -61,25 +62,35 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="rounds; the median is printed")
     args = parser.parse_args()
 
-    from classifier.inference import BACKENDS, GenderClassifier
-    from worker.runtime import configure_tensorflow
+    from classifier.runtime.artifacts import ArtifactMissingError
+    from classifier.runtime.backends import BACKENDS
+    from classifier.runtime.gender_classifier import GenderClassifier
 
-    configure_tensorflow(int(os.environ.get("FACEGENDER_TF_THREADS") or 0))
     crops = np.load(args.crops)[: args.faces] if args.crops else utkface_crops(args.faces)
     sizes = [int(s) for s in args.batch_sizes.split(",") if int(s) <= len(crops)]
     backends = args.backends.split(",") if args.backends else list(BACKENDS)
-    import keras
+    if any(backend.startswith("keras") for backend in backends):
+        import keras
 
+        from worker.runtime import configure_tensorflow
+
+        configure_tensorflow(int(os.environ.get("FACEGENDER_TF_THREADS") or 0))
+        print(f"keras backend: {keras.backend.backend()}")
     print(
-        f"keras backend: {keras.backend.backend()}, {len(crops)} crops, flip-average off, "
-        f"{os.cpu_count()} CPUs, median of {args.repeat} round(s) of {args.seconds:g}s per point"
+        f"{len(crops)} crops, flip-average off, {len(os.sched_getaffinity(0))} CPUs, "
+        f"median of {args.repeat} round(s) of {args.seconds:g}s per point"
     )
     classifiers = {}
     for backend in backends:
         classifier = GenderClassifier(args.model, backend=backend)
-        object.__setattr__(classifier, "metadata", _no_flip(classifier.metadata))
-        classifier.load()
+        classifier.metadata = replace(classifier.metadata, flip_average=False)
+        try:
+            classifier.load()
+        except ArtifactMissingError as exc:  # e.g. no float32 LiteRT file exported
+            print(f"skipping {backend}: {exc}")
+            continue
         classifiers[backend] = classifier
+    backends = list(classifiers)
     rounds: dict[str, list[list[float]]] = {b: [[] for _ in sizes] for b in backends}
     for _ in range(args.repeat):
         for i, size in enumerate(sizes):
@@ -94,12 +105,6 @@ def main() -> None:
     for backend in backends[1:]:
         best = max(rows[backend]) / max(rows[base])
         print(f"best {backend} / best {base}: {best:.2f}x")
-
-
-def _no_flip(metadata):
-    from dataclasses import replace
-
-    return replace(metadata, flip_average=False)
 
 
 if __name__ == "__main__":

@@ -156,7 +156,7 @@ class Naive(ImageByImage):
         import keras
         from mtcnn import MTCNN
 
-        import classifier.layers  # noqa: F401
+        import classifier.runtime.layers  # noqa: F401
         from classifier import DEFAULT_MODEL_PATH, read_metadata
 
         self.mtcnn = MTCNN()
@@ -164,7 +164,7 @@ class Naive(ImageByImage):
         self.metadata = read_metadata(DEFAULT_MODEL_PATH)
 
     def genders(self, path: Path) -> list[str]:
-        from classifier.inference import calibrated_p_female, needs_mirror
+        from classifier.runtime.calibration import calibrated_p_female, needs_mirror
         from detector import align_face
 
         image = rgb(path)

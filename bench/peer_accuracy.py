@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from classifier.datasets import GENDERS, discover
-from classifier.evaluation import NO_FACE, evaluate, group_accuracies
-from classifier.training_data import assign_splits
+from classifier.training.data import assign_splits
+from classifier.training.datasets import GENDERS, discover
+from classifier.training.evaluation import NO_FACE, evaluate, group_accuracies
 from detector import load_image
 
 REPO = Path(__file__).resolve().parent.parent

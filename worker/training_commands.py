@@ -1,5 +1,5 @@
-"""`facegender train` and `facegender evaluate`: thin click wrappers over classifier.training
-and classifier.evaluation.
+"""`facegender train` and `facegender evaluate`: thin click wrappers over
+classifier.training.train and classifier.training.evaluation.
 
 Heavy imports (Keras, the backbones) happen inside the commands so that the
 rest of the CLI starts fast, and so nothing here imports TensorFlow unless
@@ -37,10 +37,10 @@ class _Unfreeze(click.ParamType):
 
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors a user fixes by changing options or data: shown as messages, not tracebacks."""
-    from classifier.backbones import BackboneError
-    from classifier.datasets import DatasetLayoutError
-    from classifier.inference import ModelNotFoundError
-    from classifier.training import ResumeError
+    from classifier.runtime import ModelNotFoundError
+    from classifier.training.backbones import BackboneError
+    from classifier.training.datasets import DatasetLayoutError
+    from classifier.training.train import ResumeError
 
     return BackboneError, DatasetLayoutError, ModelNotFoundError, ResumeError
 
@@ -159,10 +159,10 @@ def train(
 ) -> None:
     """Train a gender model on --data; writes model.keras, model.json, log.csv, curves.png."""
     _set_up_runtime()
-    from classifier.augmentation import Augmentation
-    from classifier.metadata import read_metadata
-    from classifier.training import TrainConfig
-    from classifier.training import train as run_training
+    from classifier.runtime.metadata import read_metadata
+    from classifier.training.augmentation import Augmentation
+    from classifier.training.train import TrainConfig
+    from classifier.training.train import train as run_training
 
     config = TrainConfig(
         backbone=backbone,
@@ -218,7 +218,7 @@ def evaluate(
 ) -> None:
     """Score a model on one split of --data (no face = wrong) and print the JSON summary."""
     _set_up_runtime()
-    from classifier.evaluation import evaluate as run_evaluation
+    from classifier.training.evaluation import evaluate as run_evaluation
 
     try:
         result = run_evaluation(model_path, data_dir, split, out, limit)

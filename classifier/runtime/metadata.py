@@ -2,7 +2,8 @@
 
 It is the one source of truth for what a model expects and how to read its
 output: backbone, input size, preprocessing, decision threshold, calibration
-temperature and the version string stored with every face row.
+temperature and mirror gate. Its `version` names the trained weights only; face
+rows record GenderClassifier.version, which also covers calibration and backend.
 """
 
 import json

@@ -32,13 +32,9 @@ class CropSet:
     face_counts: np.ndarray
 
 
-def cache_home() -> Path:
-    """$FACEGENDER_CACHE, else ~/.cache/facegender: every on-disk cache lives under it."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "facegender")
-
-
 def cache_root() -> Path:
-    return cache_home() / "crops"
+    """$FACEGENDER_CACHE (default ~/.cache/facegender)/crops."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "facegender") / "crops"
 
 
 def main_face(faces: Sequence[Face]) -> Face | None:

@@ -16,11 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
-from classifier.crops import CropSet, load_or_build
-from classifier.datasets import DatasetLayoutError, LabelledImage, discover, stratified_split
+from classifier.training.crops import CropSet, load_or_build
+from classifier.training.datasets import (
+    DatasetLayoutError,
+    LabelledImage,
+    discover,
+    stratified_split,
+)
 
 SPLITS = ("train", "val", "test")
-SPLIT_LISTS = Path(__file__).parent / "splits"
+SPLIT_LISTS = Path(__file__).parent.parent / "splits"  # package data of `classifier`
 log = logging.getLogger(__name__)
 
 

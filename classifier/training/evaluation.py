@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from classifier.datasets import GENDERS, RACES, LabelledImage
-from classifier.inference import DEFAULT_MODEL_PATH, GenderClassifier
-from classifier.metrics import (
+from classifier.runtime import DEFAULT_MODEL_PATH, GenderClassifier
+from classifier.training.data import SPLITS, SplitCrops, load_splits, require
+from classifier.training.datasets import GENDERS, RACES, LabelledImage
+from classifier.training.metrics import (
     accuracy,
     binary_nll,
     expected_calibration_error,
@@ -25,8 +26,7 @@ from classifier.metrics import (
     roc_auc,
     roc_curve,
 )
-from classifier.plots import plot_evaluation
-from classifier.training_data import SPLITS, SplitCrops, load_splits, require
+from classifier.training.plots import plot_evaluation
 
 AGE_BAND_NAMES = ("0-12", "13-17", "18-39", "40-59", "60+")
 NO_FACE = -1
@@ -57,7 +57,7 @@ def evaluate(
 
     `model_path` None means the configured default model; `out_dir` None means
     the model's folder (or runs/evaluation-<version> for the bundled model);
-    `backend` is the inference runtime (see classifier.inference.BACKENDS).
+    `backend` is the inference runtime (see classifier.runtime.backends.BACKENDS).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, not {split!r}")

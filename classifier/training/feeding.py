@@ -11,7 +11,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from classifier.augmentation import Augmentation
+from classifier.training.augmentation import Augmentation
 
 
 class CropBatches(keras.utils.PyDataset):

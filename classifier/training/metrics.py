@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from classifier.inference import calibrated_p_female
+from classifier.runtime.calibration import calibrated_p_female
 
 _EPS = 1e-7
 

@@ -18,22 +18,23 @@ from typing import Any
 import keras
 import numpy as np
 
-from classifier.augmentation import Augmentation
-from classifier.backbones import DEFAULT_BACKBONE, build_backbone
-from classifier.evaluation import predict_split
-from classifier.feeding import CropBatches
-from classifier.inference import GenderClassifier, calibrated_p_female, needs_mirror
-from classifier.layers import Preprocess
-from classifier.metadata import ModelMetadata, write_metadata
-from classifier.metrics import (
+from classifier.runtime import GenderClassifier
+from classifier.runtime.calibration import calibrated_p_female, needs_mirror
+from classifier.runtime.layers import Preprocess
+from classifier.runtime.metadata import ModelMetadata, write_metadata
+from classifier.training.augmentation import Augmentation
+from classifier.training.backbones import DEFAULT_BACKBONE, build_backbone
+from classifier.training.data import SplitCrops, load_splits, require
+from classifier.training.evaluation import predict_split
+from classifier.training.feeding import CropBatches
+from classifier.training.metrics import (
     accuracy,
     binary_nll,
     expected_calibration_error,
     fit_temperature,
     roc_auc,
 )
-from classifier.plots import plot_curves, read_log
-from classifier.training_data import SplitCrops, load_splits, require
+from classifier.training.plots import plot_curves, read_log
 from detector import ALIGNED_SIZE
 
 LR_SCHEDULES = ("plateau", "cosine")
@@ -198,7 +199,7 @@ def calibrate(model_path: Path, metadata: ModelMetadata, val: SplitCrops) -> Mod
     that at most FLIP_GATE_TOLERANCE of val decisions differ from mirroring all.
     """
     write_metadata(model_path, metadata)  # provisional: T = 1, no flip, so outputs are raw
-    classifier = GenderClassifier(model_path)
+    classifier = GenderClassifier(model_path, backend="keras")  # the weights themselves
     labels = val.labels[val.found]
     plain = predict_split(classifier, val)
     both = (plain + predict_split(classifier, val, flip=True)) / 2

@@ -1,6 +1,7 @@
-"""Inference backends: LiteRT float32 matches Keras, int8 stays close, "auto" falls back."""
+"""Inference backends: LiteRT float32 matches Keras, int8 stays close, "auto" picks by files."""
 
 import json
+import logging
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -9,8 +10,10 @@ import numpy as np
 import pytest
 
 from classifier import GenderClassifier
-from classifier.inference import BACKENDS, KerasRunner, calibrated_p_female, load_runner
-from classifier.litert import ArtifactMissingError, int8_paths
+from classifier.runtime.artifacts import ArtifactMissingError, litert_paths
+from classifier.runtime.backends import BACKENDS, load_runner
+from classifier.runtime.calibration import calibrated_p_female
+from classifier.runtime.keras_runner import KerasRunner
 
 
 @pytest.fixture(scope="module")
@@ -23,25 +26,39 @@ def crops(utkface_files: list[Path]) -> np.ndarray:
     return np.stack([align_face(image, faces[0].landmarks) for image, faces in pairs if faces])
 
 
+def copy_model(model_path: Path, folder: Path, with_int8: bool = False) -> Path:
+    """The model and its metadata (and its int8 file) in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    copy = folder / model_path.name
+    shutil.copy(model_path, copy)
+    shutil.copy(model_path.with_suffix(".json"), copy.with_suffix(".json"))
+    if with_int8:
+        for source, target in zip(
+            litert_paths(model_path, "int8"), litert_paths(copy, "int8"), strict=True
+        ):
+            shutil.copy(source, target)
+    return copy
+
+
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("cache")
+def exported(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the model with only its float32 LiteRT file, made by the export code."""
+    from classifier.training.export import export_fp32
+
+    copy = copy_model(model_path, tmp_path_factory.mktemp("exported"))
+    export_fp32(copy)
+    return copy
 
 
-@pytest.fixture(autouse=True)
-def private_cache(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FACEGENDER_CACHE", str(cache))
-
-
-def test_litert_float32_matches_keras(crops: np.ndarray, model_path: Path, cache: Path) -> None:
-    keras_p = GenderClassifier(model_path, batch_size=8).predict_p_female(crops)
-    litert = GenderClassifier(model_path, batch_size=8, backend="litert")
+def test_litert_float32_matches_keras(crops: np.ndarray, exported: Path) -> None:
+    keras_p = GenderClassifier(exported, batch_size=8, backend="keras").predict_p_female(crops)
+    litert = GenderClassifier(exported, batch_size=8, backend="litert")
     assert np.allclose(litert.predict_p_female(crops), keras_p, atol=1e-4)
-    assert len(list((cache / "litert").glob("*.fp32.tflite"))) == 1  # converted once, cached
+    assert litert.provenance()["served_file"] == f"{exported.stem}.fp32.tflite"
 
 
 def test_int8_stays_close_to_keras(crops: np.ndarray, model_path: Path) -> None:
-    keras_p = GenderClassifier(model_path, batch_size=8).predict_p_female(crops)
+    keras_p = GenderClassifier(model_path, batch_size=8, backend="keras").predict_p_female(crops)
     int8 = GenderClassifier(model_path, batch_size=8, backend="litert-int8")
     int8_p = int8.predict_p_female(crops)
     assert np.mean((int8_p >= 0.5) == (keras_p >= 0.5)) >= 0.9
@@ -59,10 +76,11 @@ def test_mixed_precision_computes_the_backbone_in_bfloat16(
     assert model.layers[-1].compute_dtype == "float32"
     mixed_classifier = GenderClassifier(model_path, batch_size=8, backend="keras-mixed")
     mixed = mixed_classifier.predict_p_female(crops)
-    full = GenderClassifier(model_path, batch_size=8).predict_p_female(crops)
+    full = GenderClassifier(model_path, batch_size=8, backend="keras").predict_p_female(crops)
     assert not np.array_equal(mixed, full)  # it really ran in another precision
     assert np.mean((mixed >= 0.5) == (full >= 0.5)) >= 0.9
     assert np.median(np.abs(mixed - full)) < 0.05
+    assert mixed_classifier.version != GenderClassifier(model_path, backend="keras").version
 
 
 def test_batch_size_and_padding_do_not_change_results(crops: np.ndarray, model_path: Path) -> None:
@@ -72,6 +90,18 @@ def test_batch_size_and_padding_do_not_change_results(crops: np.ndarray, model_p
     assert small.faces_per_call == 3
 
 
+class CountingRunner:
+    """Wraps a runner, recording the rows of every call."""
+
+    def __init__(self, run) -> None:
+        self.run, self.rows = run, []
+        self.pad_multiple, self.served_file = run.pad_multiple, run.served_file
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.rows.append(len(batch))
+        return self.run(batch)
+
+
 def test_only_unsure_faces_are_mirrored(crops: np.ndarray, model_path: Path) -> None:
     classifier = GenderClassifier(model_path, batch_size=8, backend="litert-int8")
     raw = classifier.raw_outputs(crops)
@@ -79,26 +109,48 @@ def test_only_unsure_faces_are_mirrored(crops: np.ndarray, model_path: Path) -> 
     confidence = np.maximum(raw, 1 - raw)
     gate = float(np.median(confidence))  # half the faces are unsure
     classifier.metadata = replace(classifier.metadata, flip_average=True, flip_below=gate)
-    rows: list[int] = []
-    run = classifier._run
-    assert run is not None
-    classifier._run = lambda batch: (rows.append(len(batch)), run(batch))[1]
+    assert classifier._served is not None
+    counting = CountingRunner(classifier._served.run)
+    classifier._served = replace(classifier._served, run=counting)
     got = classifier.predict_p_female(crops)
     unsure = confidence < gate
     expected = np.where(unsure, (raw + mirror) / 2, raw)
     assert 0 < unsure.sum() < len(crops)
     assert np.allclose(got, calibrated_p_female(expected, classifier.metadata.temperature))
-    assert sum(rows) == len(crops) + -(-unsure.sum() // 8) * 8  # one mirror row per unsure face
+    # one mirror row per unsure face, padded to a multiple of 8
+    assert sum(counting.rows) == len(crops) + -(-unsure.sum() // 8) * 8
 
 
-def test_auto_skips_an_int8_model_made_from_another_model(tmp_path: Path, model_path: Path) -> None:
-    copy = tmp_path / "model.keras"
-    shutil.copy(model_path, copy)
-    shutil.copy(model_path.with_suffix(".json"), copy.with_suffix(".json"))
-    artifact, record = int8_paths(copy)
-    shutil.copy(int8_paths(model_path)[0], artifact)
+def stale_int8(model_path: Path, copy: Path) -> None:
+    """Put the shipped int8 file beside `copy`, its record naming another model."""
+    artifact, record = litert_paths(copy, "int8")
+    shutil.copy(litert_paths(model_path, "int8")[0], artifact)
     record.write_text(json.dumps({"model_sha256": "0" * 64}))
-    with pytest.raises(ArtifactMissingError):
-        BACKENDS["litert-int8"](copy, 0)
-    used, _ = load_runner("auto", copy)
-    assert used == "litert"
+
+
+def test_auto_skips_an_int8_file_made_from_another_model(model_path: Path, exported: Path) -> None:
+    stale_int8(model_path, exported)
+    try:
+        with pytest.raises(ArtifactMissingError, match="another version"):
+            BACKENDS["litert-int8"](exported, 0)
+        used, runner = load_runner("auto", exported)
+        assert used == "litert"
+        assert runner.served_file.name == f"{exported.stem}.fp32.tflite"
+    finally:
+        for path in litert_paths(exported, "int8"):
+            path.unlink()
+
+
+def test_a_model_without_litert_files_falls_back_to_keras_with_one_warning(
+    model_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    copy = copy_model(model_path, tmp_path)
+    stale_int8(model_path, copy)
+    with caplog.at_level(logging.WARNING, logger="classifier"):
+        classifier = GenderClassifier(copy, backend="auto")
+        classifier.load()
+    assert classifier.backend_used == "keras"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1
+    assert "\n" not in warnings[0]
+    assert f"python -m classifier.training.export --model {copy}" in warnings[0]

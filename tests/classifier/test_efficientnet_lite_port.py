@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from skimage import data, transform
 
-from classifier.backbones.efficientnet_lite import efficientnet_lite0
-from classifier.layers import Preprocess
-from classifier.torch_checkpoint import load_torch_state_dict
+from classifier.runtime.layers import Preprocess
+from classifier.training.backbones.efficientnet_lite import efficientnet_lite0
+from classifier.training.torch_checkpoint import load_torch_state_dict
 
 ESPRESSO = 967
 CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat

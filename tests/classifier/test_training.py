@@ -19,21 +19,22 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from classifier import training
-from classifier.augmentation import Augmentation
-from classifier.backbones import BackboneError, build_backbone
-from classifier.datasets import DatasetLayoutError, discover
-from classifier.evaluation import evaluate
-from classifier.feeding import CropBatches
-from classifier.inference import GenderClassifier
-from classifier.metadata import read_metadata
-from classifier.metrics import (
+from classifier.runtime import GenderClassifier
+from classifier.runtime.metadata import read_metadata
+from classifier.training import train as training
+from classifier.training.augmentation import Augmentation
+from classifier.training.backbones import BackboneError, build_backbone
+from classifier.training.data import SPLIT_LISTS, assign_splits, load_splits
+from classifier.training.datasets import DatasetLayoutError, discover
+from classifier.training.evaluation import evaluate
+from classifier.training.feeding import CropBatches
+from classifier.training.metrics import (
     expected_calibration_error,
     fit_temperature,
     roc_auc,
     roc_curve,
 )
-from classifier.training import (
+from classifier.training.train import (
     FLIP_GATES,
     ResumeError,
     TrainConfig,
@@ -41,7 +42,6 @@ from classifier.training import (
     compile_model,
     train,
 )
-from classifier.training_data import SPLIT_LISTS, assign_splits, load_splits
 from worker.training_commands import evaluate as evaluate_command
 from worker.training_commands import train as train_command
 
@@ -92,7 +92,7 @@ def test_training_writes_a_model_that_serving_loads(trained: Path, subset: Path)
     assert len(rows) == 1
     assert {"epoch", "accuracy", "loss", "val_accuracy", "val_loss"} <= set(rows[0])
 
-    classifier = GenderClassifier(trained, batch_size=8)
+    classifier = GenderClassifier(trained, batch_size=8, backend="keras")
     crops = load_splits(subset)["test"]
     predictions = classifier.predict(np.asarray(crops.cropset.crops[crops.rows[:5]]))
     assert len(predictions) == 5

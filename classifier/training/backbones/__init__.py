@@ -1,7 +1,7 @@
 """Image backbones (Keras 3, backend-agnostic) used by the gender classifier, picked by name.
 
 Each builder returns a feature extractor without its ImageNet top plus the
-`classifier.layers.Preprocess` mode its weights were trained with, so the
+`classifier.runtime.layers.Preprocess` mode its weights were trained with, so the
 caller puts the matching normalisation in front and nothing else has to know.
 """
 
@@ -24,7 +24,7 @@ class BackboneError(ValueError):
 
 
 def _efficientnet_lite0(weights: str | None, input_size: int) -> keras.Model:
-    from classifier.backbones.efficientnet_lite import efficientnet_lite0
+    from classifier.training.backbones.efficientnet_lite import efficientnet_lite0
 
     try:
         return efficientnet_lite0(

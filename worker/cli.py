@@ -1,7 +1,10 @@
 """The `facegender` command line: run, results, status, annotate, db; enqueue, worker, resume."""
 
 import os
+import shlex
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -11,58 +14,111 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
 from worker import training_commands
-from worker.config import Settings
+from worker.config import ConfigError, Settings
 
-_settings = Settings()
+
+def _setting(name: str) -> Callable[[], Any]:
+    """A lazy option default from the environment: a bad value is reported, not a traceback."""
+    return lambda: getattr(Settings(), name)
+
+
 db_option = click.option(
     "--db",
     "db_url",
-    default=_settings.db_url,
+    default=_setting("db_url"),
     show_default="$FACEGENDER_DB_URL or sqlite:///facegender.db",
     help="Database URL (SQLAlchemy).",
 )
 model_option = click.option(
     "--model",
     "model_path",
-    default=_settings.model_path,
+    default=_setting("model_path"),
     type=click.Path(dir_okay=False),
     help="A .keras model with its .json beside it [default: $FACEGENDER_MODEL, else bundled].",
 )
 broker_option = click.option(
     "--broker",
     "broker_url",
-    default=_settings.broker_url,
+    default=_setting("broker_url"),
     show_default="$FACEGENDER_BROKER_URL or redis://127.0.0.1:6379/0",
     help="Celery broker URL (Redis).",
 )
 chunk_size_option = click.option(
     "--chunk-size",
     type=click.IntRange(1),
-    default=_settings.chunk_size,
+    default=_setting("chunk_size"),
     show_default="$FACEGENDER_CHUNK_SIZE or 64",
     help="Images per task message.",
 )
 queue_option = click.option(
     "--queue",
-    default=_settings.queue,
+    default=_setting("queue"),
     show_default="$FACEGENDER_QUEUE or facegender",
     help="Broker queue the chunks go to.",
 )
 stderr = Console(stderr=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
+class Interrupted(click.ClickException):
+    """Ctrl-C: a message saying how to go on, and the shell's exit status for SIGINT."""
+
+    exit_code = 130
+
+
+class _Main(click.Group):
+    """The command group; user errors from any command become one line on stderr."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            message = _user_error(exc)
+            if message is None:
+                raise
+            raise click.ClickException(message) from exc
+
+
+def _user_error(exc: Exception) -> str | None:
+    """The message for an error the user fixes (setting, database URL, reachability)."""
+    from sqlalchemy import exc as db_errors
+
+    from worker.db import DatabaseError
+
+    if isinstance(exc, ConfigError | DatabaseError):
+        return str(exc)
+    if isinstance(exc, db_errors.ArgumentError):
+        return f"not a usable database URL: {exc}"
+    if isinstance(exc, db_errors.OperationalError | db_errors.InterfaceError):
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        return f"cannot use the database: {reason}"
+    return None
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--verbose", is_flag=True, help="Let native libraries (TensorFlow, LiteRT) log to stderr."
+)
+def main(verbose: bool) -> None:
     """Find faces in folders of photos, classify gender, store one row per face."""
+    from worker.runtime import native_logs
+
+    native_logs(verbose)
 
 
 def _open(db_url: str):
+    """The database for a command that writes: created or migrated to the newest schema."""
     from worker.db import open_database
 
     return open_database(db_url)
+
+
+def _read(db_url: str):
+    """The database for a command that only reads: never created, never migrated."""
+    from worker.db import open_for_reading
+
+    return open_for_reading(db_url)
 
 
 def _models(model_path: str | None, batch_size: int | None = None):
@@ -75,11 +131,11 @@ def _models(model_path: str | None, batch_size: int | None = None):
     if batch_size:
         overrides["batch_size"] = batch_size
     settings = Settings(**{**settings.__dict__, **overrides})
+    configure_tensorflow(settings.tf_threads)  # only sets what TensorFlow reads if it loads
     try:
         models = Models.from_settings(settings)
     except ModelNotFoundError as exc:
         raise click.ClickException(str(exc)) from exc
-    configure_tensorflow(settings.tf_threads)
     return models, settings
 
 
@@ -89,31 +145,78 @@ def _models(model_path: str | None, batch_size: int | None = None):
 @model_option
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Images per batch.")
 def run(folder: Path, db_url: str, model_path: str | None, batch_size: int | None) -> None:
-    """Process FOLDER in this process and store the results (no servers needed)."""
-    from worker.embedded import run_folder
-    from worker.jobs import scan_folder
+    """Process FOLDER in this process and store the results (no servers needed).
+
+    If this database holds an unfinished job for FOLDER (stopped by Ctrl-C or
+    a crash), it is continued: only images not yet finished are processed, and
+    files added since are included. Ctrl-C stops after the batch in flight.
+    """
+    from worker.embedded import open_job, run_job
+    from worker.jobs import finished_count
 
     models, settings = _models(model_path, batch_size)
     sessions = _open(db_url)
-    total = len(scan_folder(folder))
+    job_id, continued = open_job(sessions, folder)
+    finished, registered = finished_count(sessions, job_id)
+    if continued:
+        stderr.print(
+            f"continuing job {job_id} for {folder}: {finished} of {registered} images were "
+            "finished before; scanning again for files added since"
+        )
     started = time.perf_counter()
     with _progress() as progress:
-        task = progress.add_task("images", total=total)
+        task = progress.add_task("images", total=registered or None, completed=finished)
         models.load()
-        job_id, totals = run_folder(
-            sessions,
-            folder,
-            models,
-            settings.batch_size,
-            settings.max_attempts,
-            on_batch=lambda _report, count: progress.advance(task, count),
-        )
+        with _stop_on_sigint() as stop:
+            try:
+                totals, done = run_job(
+                    sessions,
+                    job_id,
+                    folder,
+                    models,
+                    settings.batch_size,
+                    settings.max_attempts,
+                    on_batch=lambda _report, count: progress.advance(task, count),
+                    on_registered=lambda count: progress.update(task, total=count),
+                    stop=stop,
+                )
+            except KeyboardInterrupt:  # a second Ctrl-C: the transaction in flight rolled back
+                done = False
     elapsed = time.perf_counter() - started
+    if not done:
+        finished, registered = finished_count(sessions, job_id)
+        again = f"run `facegender run {shlex.quote(str(folder))}` again to continue it"
+        if stop.is_set():
+            raise Interrupted(
+                f"interrupted: job {job_id} stopped with {finished} of {registered} images "
+                f"finished; {again}"
+            )
+        raise click.ClickException(
+            f"job {job_id} is not finished ({finished} of {registered}); {again}"
+        )
     click.echo(
         f"job {job_id}: {totals.done} done, {totals.errors} errors, {totals.faces} faces "
         f"in {elapsed:.1f}s ({(totals.done + totals.errors) / max(elapsed, 1e-9):.1f} images/s) "
         f"model {models.classifier.version}"
     )
+
+
+@contextmanager
+def _stop_on_sigint() -> Iterator[threading.Event]:
+    """Ctrl-C sets the event (stop after the batch in flight); a second one stops at once."""
+    stop = threading.Event()
+
+    def handler(_signum: int, _frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        os.write(2, b"\nstopping after the batch in flight (Ctrl-C again to stop at once)\n")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _progress() -> Progress:
@@ -131,9 +234,20 @@ def _progress() -> Progress:
 @click.option("--job", "job_id", type=int, default=None, help="Only this job.")
 @click.option("--gender", type=click.Choice(["male", "female"]), default=None)
 @click.option("--min-confidence", type=click.FloatRange(0, 1), default=None)
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json", "jsonl"]),
+    default="table",
+    help="json: {jobs: [what produced the rows], rows: [...]}; jsonl: one row per line.",
+)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None)
-@click.option("--include-empty", is_flag=True, help="Also list images with no face or an error.")
+@click.option(
+    "--include-empty",
+    is_flag=True,
+    help="Also one row per image with no face (none found, an error, or still pending); "
+    "--gender and --min-confidence select faces only.",
+)
 @db_option
 def results(
     job_id: int | None,
@@ -144,33 +258,26 @@ def results(
     include_empty: bool,
     db_url: str,
 ) -> None:
-    """One row per face: path, face_index, box, det_confidence, gender, confidence, model."""
-    from worker.results import RESULT_COLUMNS, face_results, to_csv, to_json
+    """One row per face: path, face_index, box, det_confidence, gender, confidence, model.
 
-    rows = face_results(_open(db_url), job_id, gender, min_confidence, include_empty)
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "csv":
-        text = to_csv(rows)
-    elif fmt == "json":
-        text = to_json(rows) + "\n"
-    else:
-        table = Table(*RESULT_COLUMNS)
-        for row in rows:
-            table.add_row(*(_cell(row[c]) for c in RESULT_COLUMNS))
-        console = Console(file=out.open("w") if out else sys.stdout, width=200)
-        console.print(table)
+    Rows are streamed from the database to the output, in constant memory.
+    """
+    from worker.output import write_rows
+    from worker.results import iter_results, job_statuses, provenance_json
+
+    sessions = _read(db_url)
+    jobs = job_statuses(sessions, job_id)
+    if job_id is not None and not jobs:
+        raise click.ClickException(f"no job {job_id}")
+    rows = iter_results(sessions, job_id, gender, min_confidence, include_empty)
+    provenance = [provenance_json(s) for s in reversed(jobs)]
+    if out is None:
+        write_rows(rows, fmt, sys.stdout, provenance)
         return
-    if out:
-        out.write_text(text)
-    else:
-        click.echo(text, nl=False)
-
-
-def _cell(value: object) -> str:
-    if value is None:
-        return ""
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="", encoding="utf-8") as file:
+        count = write_rows(rows, fmt, file, provenance)
+    stderr.print(f"wrote {count} rows to {out}")
 
 
 @main.command()
@@ -188,7 +295,7 @@ def status(job_id: int | None, fmt: str, watch: bool, interval: float, db_url: s
     from worker.progress import job_rate
     from worker.results import job_statuses, status_json
 
-    sessions = _open(db_url)
+    sessions = _read(db_url)
     if watch:
         if job_id is None:
             raise click.UsageError("--watch needs a JOB_ID")
@@ -208,6 +315,8 @@ def status(job_id: int | None, fmt: str, watch: bool, interval: float, db_url: s
         click.echo(
             f"job {s.job_id} [{s.status}] {s.root}: {s.total} images, {s.done} done, "
             f"{s.error} errors, {s.pending} pending, {s.faces} faces{_pace(r)}"
+            + ("" if s.scan_done else ", still scanning")
+            + (f"; model {s.model_version} ({s.backend})" if s.model_version else "")
         )
 
 
@@ -261,11 +370,16 @@ def annotate(
 
     if (image is None) == (job_id is None):
         raise click.UsageError("give either IMAGE or --job ID")
-    if image is not None:
-        from detector import align_face, load_image
+    if job_id is not None:
+        _annotate_job(job_id, out, db_url, draw_faces, save_rgb)
+    elif image is not None:
+        from detector import ImageLoadError, align_face, load_image
 
         models, _ = _models(model_path)
-        pixels = load_image(image).pixels
+        try:
+            pixels = load_image(image).pixels
+        except ImageLoadError as exc:
+            raise click.ClickException(f"{image}: {exc}") from exc
         found = models.detector.detect(pixels)
         crops = [align_face(pixels, f.landmarks) for f in found]
         predictions = models.classifier.predict(_stack(crops))
@@ -273,11 +387,9 @@ def annotate(
             {"x": f.box[0], "y": f.box[1], "w": f.box[2], "h": f.box[3], **p.__dict__}
             for f, p in zip(found, predictions, strict=True)
         ]
-        target = out / f"{image.stem}.annotated.jpg"
+        target = out / f"{image.name}.annotated.jpg"
         save_rgb(draw_faces(pixels, faces), target)
         click.echo(f"{target}: {len(faces)} faces")
-        return
-    _annotate_job(job_id, out, db_url, draw_faces, save_rgb)
 
 
 def _stack(crops):
@@ -286,22 +398,24 @@ def _stack(crops):
     return np.stack(crops) if crops else np.zeros((0, 224, 224, 3), np.uint8)
 
 
-def _annotate_job(job_id, out: Path, db_url: str, draw_faces, save_rgb) -> None:
-    from itertools import groupby
-
+def _annotate_job(job_id: int, out: Path, db_url: str, draw_faces, save_rgb) -> None:
+    """Annotated copies of a job's images with faces, their folders kept below `out`."""
     from detector import ImageLoadError, load_image
-    from worker.results import face_results
+    from worker.annotate import annotated_path, job_faces
+    from worker.results import job_statuses
 
-    rows = face_results(_open(db_url), job_id=job_id)
+    sessions = _read(db_url)
+    jobs = job_statuses(sessions, job_id)
+    if not jobs:
+        raise click.ClickException(f"no job {job_id}")
     written = 0
-    for (image_path,), faces in groupby(rows, key=lambda r: (r["path"],)):
+    for image_path, stored_path, faces in job_faces(sessions, job_id):
         try:
             pixels = load_image(image_path).pixels
         except ImageLoadError as exc:
-            stderr.print(f"skipped {image_path}: {exc}")
+            stderr.print(f"skipped {stored_path}: {exc}")
             continue
-        target = out / f"{Path(image_path).stem}.annotated.jpg"
-        save_rgb(draw_faces(pixels, list(faces)), target)
+        save_rgb(draw_faces(pixels, faces), annotated_path(out, jobs[0].root, stored_path))
         written += 1
     click.echo(f"wrote {written} annotated images to {out}")
 
@@ -372,15 +486,25 @@ def enqueue(folder: Path, db_url: str, broker_url: str, chunk_size: int, queue: 
 @broker_option
 @chunk_size_option
 @queue_option
-def resume(job_id: int, db_url: str, broker_url: str, chunk_size: int, queue: str) -> None:
+@click.option(
+    "--errors",
+    is_flag=True,
+    help="Also retry error rows whose cause may have passed (gave_up, detection_failed, "
+    "unreadable); never broken files.",
+)
+def resume(
+    job_id: int, db_url: str, broker_url: str, chunk_size: int, queue: str, errors: bool
+) -> None:
     """Queue again every image of JOB_ID that is still pending (after a lost broker or crash)."""
     from worker.distributed import resume_job
 
     try:
         with _sending(db_url, broker_url, queue) as (sessions, send):
-            count = resume_job(sessions, job_id, chunk_size, send)
+            count, reset = resume_job(sessions, job_id, chunk_size, send, errors)
     except LookupError as exc:  # no such job
         raise click.ClickException(str(exc)) from exc
+    if errors:
+        stderr.print(f"job {job_id}: {reset} error rows with a transient cause made pending")
     click.echo(f"job {job_id}: {count} pending images queued again on {queue!r}")
 
 
@@ -396,13 +520,16 @@ def resume(job_id: int, db_url: str, broker_url: str, chunk_size: int, queue: st
     help="Worker processes, each with its own models (about 1 GB of memory each).",
 )
 @click.option(
-    "--queues", default=_settings.queue, show_default=True, help="Comma-separated queues to take."
+    "--queues",
+    default=_setting("queue"),
+    show_default="$FACEGENDER_QUEUE or facegender",
+    help="Comma-separated queues to take.",
 )
 @click.option("--hostname", default=None, help="Celery node name [default: facegender-PID@%h].")
 @click.option(
     "--tf-threads",
     type=click.IntRange(0),
-    default=_settings.tf_threads or None,
+    default=lambda: Settings().tf_threads or None,
     help="TensorFlow threads per process [default: $FACEGENDER_TF_THREADS, else CPUs/concurrency].",
 )
 @click.option("--loglevel", default="INFO", show_default=True)

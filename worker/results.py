@@ -1,14 +1,20 @@
-"""Read results back out of the database: per-face rows and per-job counts."""
+"""Read results back out of the database: per-face rows (streamed) and per-job counts.
 
-import csv
-import io
+`iter_results` never holds more than a page of rows, so `facegender results`
+runs in constant memory on any number of faces. Its filters select face
+rows; `include_empty` adds one row for every image of the selected jobs that
+has no face row (no face found, an error, or not processed yet), whatever
+the face filters, because those images have no gender or confidence to
+filter on.
+"""
+
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, null, select, union_all
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.db import DONE, ERROR, PENDING, Face, Image, Job
@@ -28,17 +34,19 @@ RESULT_COLUMNS = (
     "model_version",
     "error",
 )
+PROVENANCE_COLUMNS = ("model_version", "backend", "detector_settings", "runtime", "package_version")
+_PAGE = 1000
 
 
-def face_results(
+def iter_results(
     sessions: sessionmaker[Session],
     job_id: int | None = None,
     gender: str | None = None,
     min_confidence: float | None = None,
     include_empty: bool = False,
-) -> list[dict[str, Any]]:
-    """One row per face (and, with include_empty, per image with no face or an error)."""
-    columns = [
+) -> Iterator[dict[str, Any]]:
+    """One row per face (and, with include_empty, per image without one), by job and path."""
+    faces = select(
         Image.job_id,
         Image.path,
         Image.status,
@@ -52,20 +60,31 @@ def face_results(
         Face.confidence,
         Face.model_version,
         Image.error,
-    ]
-    query = select(*columns).select_from(Image)
-    query = query.outerjoin(Face, Face.image_id == Image.id) if include_empty else query.join(Face)
-    if job_id is not None:
-        query = query.where(Image.job_id == job_id)
+    ).join(Face, Face.image_id == Image.id)
     if gender is not None:
-        query = query.where(Face.gender == gender)
+        faces = faces.where(Face.gender == gender)
     if min_confidence is not None:
-        query = query.where(Face.confidence >= min_confidence)
+        faces = faces.where(Face.confidence >= min_confidence)
+    if job_id is not None:
+        faces = faces.where(Image.job_id == job_id)
     if not include_empty:
-        query = query.where(Image.status == DONE)
-    query = query.order_by(Image.job_id, Image.path, Face.face_index)
+        ordered = faces.order_by(Image.job_id, Image.path, Face.face_index)
+    else:
+        faceless = select(
+            Image.job_id,
+            Image.path,
+            Image.status,
+            *[null()] * 9,
+            Image.error,
+        ).where(~select(Face.id).where(Face.image_id == Image.id).exists())
+        if job_id is not None:
+            faceless = faceless.where(Image.job_id == job_id)
+        both = union_all(faces, faceless).subquery()
+        ordered = select(both).order_by(*(both.c[i] for i in (0, 1, 3)))
     with sessions() as session:
-        return [dict(zip(RESULT_COLUMNS, row, strict=True)) for row in session.execute(query)]
+        rows = session.execute(ordered, execution_options={"yield_per": _PAGE})
+        for row in rows:
+            yield dict(zip(RESULT_COLUMNS, row, strict=True))
 
 
 @dataclass(frozen=True)
@@ -75,12 +94,18 @@ class JobStatus:
     status: str
     created_at: datetime
     finished_at: datetime | None
+    scan_done: bool
     total: int
     done: int
     error: int
     pending: int
     faces: int
     last_processed_at: datetime | None
+    model_version: str | None
+    backend: str | None
+    detector_settings: str | None
+    runtime: str | None
+    package_version: str | None
 
 
 def job_statuses(sessions: sessionmaker[Session], job_id: int | None = None) -> list[JobStatus]:
@@ -114,32 +139,42 @@ def job_statuses(sessions: sessionmaker[Session], job_id: int | None = None) -> 
                 status=row.Job.status,
                 created_at=row.Job.created_at,
                 finished_at=row.Job.finished_at,
+                scan_done=row.Job.scan_done,
                 total=row.total or 0,
                 done=row.done or 0,
                 error=row.error or 0,
                 pending=row.pending or 0,
                 faces=row.faces or 0,
                 last_processed_at=row.last,
+                **{column: getattr(row.Job, column) for column in PROVENANCE_COLUMNS},
             )
             for row in session.execute(query)
         ]
 
 
 def status_json(status: JobStatus) -> dict[str, Any]:
+    """A job's status as JSON values; its JSON-text provenance columns parsed."""
     data = asdict(status)
     for key, value in data.items():
         if isinstance(value, datetime):
             data[key] = value.isoformat()
+    for key in ("detector_settings", "runtime"):
+        data[key] = _parsed(data[key])
     return data
 
 
-def to_csv(rows: Sequence[dict[str, Any]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=RESULT_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
+def provenance_json(status: JobStatus) -> dict[str, Any]:
+    """What produced a job's rows, for `results --format json`."""
+    data = status_json(status)
+    return {"job_id": status.job_id, "root": status.root} | {
+        key: data[key] for key in PROVENANCE_COLUMNS
+    }
 
 
-def to_json(rows: Sequence[dict[str, Any]]) -> str:
-    return json.dumps(list(rows), indent=2)
+def _parsed(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text

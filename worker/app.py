@@ -4,8 +4,8 @@ Delivery is at-least-once and the database makes it exactly-once: a chunk's
 message is acknowledged only after its rows are committed (late acks), comes
 back if its worker process dies (reject on worker lost) or overruns the hard
 time limit, and comes back from Redis after `visibility_timeout` if the whole
-worker machine is gone. Re-running a chunk is harmless because the pipeline
-skips images already done and writes each result under a row lock.
+worker machine is gone. Re-running a chunk is harmless because an image is
+claimed with a lease (worker.store) and its result written only by its claim.
 """
 
 from typing import Any
@@ -48,9 +48,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_ignore_result": True,
         "task_store_errors_even_if_ignored": False,
         # Ack after the rows are committed; a lost worker or a chunk killed by the
-        # time limit puts its message back on the queue.
+        # time limit puts its message back on the queue at once (not as a retry, which
+        # would count against max_retries); a chunk that failed for good (its retries
+        # are spent) is acked: its images stay pending for `facegender resume`.
+        # task_acks_on_timeout/_failure exist since Celery 5.7 (pyproject pins it).
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
+        "task_retry_on_worker_lost": False,
         "task_acks_on_timeout": False,
         "task_acks_on_failure": True,
         "task_time_limit": settings.task_time_limit,

@@ -5,16 +5,21 @@ on the queue, and `process_chunk` is what the task runs in a worker process.
 A chunk is the JSON object {"job_id": int, "image_ids": [int, ...]}.
 """
 
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.batch import BatchReport
-from worker.db import PENDING, Image, Job
+from worker.db import ERROR, PENDING, RUNNING, Image, Job
+from worker.faults import TRANSIENT_ERROR_CODES, is_out_of_memory
 from worker.jobs import create_job, finish_if_complete, mark_running, pending_image_ids
 from worker.pipeline import Models, process_images
+from worker.store import Claimant, release, retried_before
+
+log = logging.getLogger("facegender.worker")
 
 Send = Callable[[int, list[int]], None]
 
@@ -45,17 +50,52 @@ def enqueue_folder(
     return job_id, _send_pending(sessions, job_id, chunk_size, send)
 
 
-def resume_job(sessions: sessionmaker[Session], job_id: int, chunk_size: int, send: Send) -> int:
-    """Send every image of the job that is still pending again; how many were sent.
+def resume_job(
+    sessions: sessionmaker[Session], job_id: int, chunk_size: int, send: Send, errors: bool = False
+) -> tuple[int, int]:
+    """Send every image of the job that is still pending again; (images sent, errors reset).
 
     For messages that the broker lost (Redis flushed or restarted without
     persistence, a crashed enqueue). Safe at any time: a chunk sent twice is
-    processed once, because its images are done (and skipped) or locked.
+    processed once, because a claim skips images that are done or held by a
+    live lease, and a duplicate never counts an attempt against them.
+    With `errors`, error rows whose code is transient (see
+    worker.faults.TRANSIENT_ERROR_CODES) are made pending again first.
     """
     with sessions() as session:
         if session.get(Job, job_id) is None:
             raise LookupError(f"no job {job_id}")
-    return _send_pending(sessions, job_id, chunk_size, send)
+    reset = reset_transient_errors(sessions, job_id) if errors else 0
+    return _send_pending(sessions, job_id, chunk_size, send), reset
+
+
+def reset_transient_errors(sessions: sessionmaker[Session], job_id: int) -> int:
+    """Make the job's transient error rows pending again, fresh (no attempts); how many."""
+    transient = and_(
+        Image.job_id == job_id,
+        Image.status == ERROR,
+        Image.error_code.in_(sorted(TRANSIENT_ERROR_CODES)),
+    )
+    with sessions.begin() as session:
+        reset = session.execute(
+            update(Image)
+            .where(transient)
+            .values(
+                status=PENDING,
+                error_code=None,
+                error=None,
+                attempts=0,
+                claimed_by=None,
+                claimed_at=None,
+                processed_at=None,
+            )
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if reset:
+            session.execute(
+                update(Job).where(Job.id == job_id).values(status=RUNNING, finished_at=None)
+            )
+    return reset
 
 
 def _send_pending(sessions: sessionmaker[Session], job_id: int, chunk_size: int, send: Send) -> int:
@@ -73,34 +113,54 @@ def _send_pending(sessions: sessionmaker[Session], job_id: int, chunk_size: int,
     return len(ids)
 
 
+class OutOfMemory(RuntimeError):
+    """Images ran out of memory on their own: charged an attempt, to be tried again later."""
+
+
 def process_chunk(
     sessions: sessionmaker[Session],
     job_id: int,
     image_ids: Sequence[int],
     models: Models,
-    max_attempts: int,
+    claimant: Claimant,
 ) -> BatchReport:
     """Process one chunk, then mark the job done if this chunk was its last.
 
     A chunk comes back after its worker died, overran the time limit or
-    raised. Its pending images then already have an attempt counted, and it is
+    raised. Its images then already have an attempt counted, and it is
     processed one image per transaction: only the image that kills the worker
     keeps gaining attempts (until it becomes a "gave_up" error row), while the
-    others in its chunk complete instead of being given up with it.
+    others in its chunk complete instead of being given up with it. A chunk
+    that runs out of memory is refunded and tried image by image the same way.
     """
-    if len(image_ids) > 1 and _tried_before(sessions, image_ids):
-        report = BatchReport()
-        for image_id in image_ids:
-            report.add(process_images(sessions, [image_id], models, max_attempts))
+    if len(image_ids) > 1 and retried_before(sessions, image_ids, claimant):
+        report = _one_by_one(sessions, image_ids, models, claimant)
     else:
-        report = process_images(sessions, image_ids, models, max_attempts)
+        try:
+            report = process_images(sessions, image_ids, models, claimant)
+        except Exception as exc:
+            if len(image_ids) == 1 or not is_out_of_memory(exc):
+                raise
+            log.warning("job %d: out of memory on a chunk, its images go alone: %s", job_id, exc)
+            release(sessions, image_ids, claimant, refund=True)
+            report = _one_by_one(sessions, image_ids, models, claimant)
     finish_if_complete(sessions, job_id)
     return report
 
 
-def _tried_before(sessions: sessionmaker[Session], image_ids: Sequence[int]) -> bool:
-    with sessions() as session:
-        query = select(func.count()).where(
-            Image.id.in_(image_ids), Image.status == PENDING, Image.attempts > 0
-        )
-        return bool(session.scalar(query))
+def _one_by_one(
+    sessions: sessionmaker[Session], image_ids: Sequence[int], models: Models, claimant: Claimant
+) -> BatchReport:
+    """Each image alone; one out of memory even alone is charged, released, raised at the end."""
+    report, exhausted = BatchReport(), []
+    for image_id in image_ids:
+        try:
+            report.add(process_images(sessions, [image_id], models, claimant))
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            release(sessions, [image_id], claimant, refund=False)
+            exhausted.append(image_id)
+    if exhausted:
+        raise OutOfMemory(f"images {exhausted} ran out of memory on their own")
+    return report

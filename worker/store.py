@@ -1,48 +1,191 @@
 """The database side of processing a batch: claim pending images, store their results.
 
-Claims and stores are what make redelivery safe: an image is claimed and
-finished in transactions of its own, and a finished image is never written
-again.
+Claims and stores are what make redelivery safe. A claim is one conditional
+UPDATE that takes the pending images nobody else holds (never claimed, lease
+expired, or held by an earlier execution of the same owner) and stamps them
+with this execution's token; a store writes only the images whose claim is
+still this token's, under row locks taken in id order, and a finished image
+is never written again.
+
+An owner is a Celery task id (distributed) or the job's embedded run. Its
+token adds a nonce per execution, so a retry can tell the claim that an
+infrastructure fault interrupted (re-taken free of charge: `refund`) from one
+whose worker died on it (re-taken at once, and charged an attempt).
 """
 
+import secrets
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 
-from sqlalchemy import insert, select
+from sqlalchemy import ColumnElement, and_, case, false, func, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from classifier import Prediction
 from detector.faces import LANDMARK_NAMES
 from worker.batch import BatchReport, WorkItem
+from worker.config import Settings
 from worker.db import DONE, ERROR, PENDING, Image, utcnow
 from worker.db import Face as FaceRow
+from worker.scan import os_path
+
+# A lease outlasts the task time limit (after which a chunk's process is killed) by
+# this much, for clocks of worker machines that disagree a little.
+LEASE_MARGIN = timedelta(seconds=60)
+
+
+@dataclass(frozen=True)
+class Claimant:
+    """Who claims images (owner), for how long, and which claim of its own is refunded.
+
+    `token` (owner/nonce) is this execution's; `refund` is the token of an
+    earlier execution of the same owner that an infrastructure fault stopped.
+    """
+
+    owner: str
+    lease: timedelta
+    max_attempts: int
+    refund: str | None = None
+    token: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.token:
+            object.__setattr__(self, "token", f"{self.owner}/{secrets.token_hex(4)}")
+        if len(self.token) > 64:
+            raise ValueError(f"claim owner too long: {self.owner!r}")
+
+    @classmethod
+    def from_settings(cls, owner: str, settings: Settings, refund: str | None = None) -> "Claimant":
+        """A lease of the task time limit plus LEASE_MARGIN: a live chunk never loses its images."""
+        lease = timedelta(seconds=settings.task_time_limit) + LEASE_MARGIN
+        return cls(owner, lease, settings.max_attempts, refund)
+
+    @classmethod
+    def embedded(cls, job_id: int, max_attempts: int) -> "Claimant":
+        """The owner of a job's embedded run: a later run of the job re-takes its images at once."""
+        return cls.from_settings(f"run-{job_id}", replace(Settings(), max_attempts=max_attempts))
+
+
+def _claimable(claimant: Claimant, now: datetime) -> ColumnElement[bool]:
+    """Pending and free for `claimant`: unclaimed, lease expired, or held by its own owner."""
+    return and_(
+        Image.status == PENDING,
+        or_(
+            Image.claimed_by.is_(None),
+            Image.claimed_at < now - claimant.lease,
+            Image.claimed_by.startswith(f"{claimant.owner}/", autoescape=True),
+        ),
+    )
+
+
+def _refunded(claimant: Claimant) -> ColumnElement[bool]:
+    """The rows of the claim that an infrastructure fault interrupted (never charged twice)."""
+    return false() if claimant.refund is None else Image.claimed_by == claimant.refund
+
+
+def _locked_ids(image_ids: Sequence[int], condition: ColumnElement[bool]):
+    """The ids matching `condition`, locked in id order (PostgreSQL): no two claims deadlock."""
+    return (
+        select(Image.id)
+        .where(Image.id.in_(image_ids), condition)
+        .order_by(Image.id)
+        .with_for_update()
+        .correlate(None)
+        .scalar_subquery()
+    )
 
 
 def claim(
     sessions: sessionmaker[Session],
     image_ids: Sequence[int],
-    max_attempts: int,
+    claimant: Claimant,
     report: BatchReport,
 ) -> list[WorkItem]:
-    """Count an attempt on each pending image; give up on those out of attempts."""
-    work = []
+    """Take the claimable images among `image_ids`; give up on those out of attempts.
+
+    Each taken image counts an attempt, except those of the refunded claim.
+    Images held by another owner's live lease, or finished, are skipped.
+    """
+    now = utcnow()
+    free = _claimable(claimant, now)
     with sessions.begin() as session:
-        rows = session.scalars(
-            select(Image).where(Image.id.in_(image_ids), Image.status == PENDING).order_by(Image.id)
+        exhausted = and_(free, Image.attempts >= claimant.max_attempts, ~_refunded(claimant))
+        gave_up = session.execute(
+            update(Image)
+            .where(Image.id.in_(_locked_ids(image_ids, exhausted)), exhausted)
+            .values(
+                status=ERROR,
+                error_code="gave_up",
+                error=(
+                    f"gave up after {claimant.max_attempts} attempts: processing this image "
+                    "crashed, ran out of memory or timed out its worker every time"
+                ),
+                processed_at=now,
+            )
+            .returning(Image.id)
+            .execution_options(synchronize_session=False)
         ).all()
-        report.skipped = len(image_ids) - len(rows)
-        for row in rows:
-            if row.attempts >= max_attempts:
-                row.status, row.error_code, row.processed_at = ERROR, "gave_up", utcnow()
-                row.error = (
-                    f"gave up after {row.attempts} attempts: processing this image "
-                    "crashed or failed its worker every time"
-                )
-                report.errors += 1
-                continue
-            row.attempts += 1
-            work.append(WorkItem(image_id=row.id, job_id=row.job_id, path=row.path))
-    return work
+        taken = session.execute(
+            update(Image)
+            .where(Image.id.in_(_locked_ids(image_ids, free)), free)
+            .values(
+                claimed_by=claimant.token,
+                claimed_at=now,
+                attempts=Image.attempts + case((_refunded(claimant), 0), else_=1),
+            )
+            .returning(Image.id, Image.job_id, Image.path, Image.path_raw)
+            .execution_options(synchronize_session=False)
+        ).all()
+    report.errors += len(gave_up)
+    report.skipped += len(image_ids) - len(taken) - len(gave_up)
+    work = [
+        WorkItem(image_id=i, job_id=job, path=os_path(path, raw)) for i, job, path, raw in taken
+    ]
+    return sorted(work, key=lambda item: item.image_id)
+
+
+def release(
+    sessions: sessionmaker[Session], image_ids: Sequence[int], claimant: Claimant, refund: bool
+) -> int:
+    """Give back this execution's claim on `image_ids` (taking back its attempt if `refund`).
+
+    For images that should be tried again at once, by anyone: after an
+    out-of-memory (refunded for a batch, charged for an image alone) or an
+    interrupted run.
+    """
+    mine = and_(Image.claimed_by == claimant.token, Image.status == PENDING)
+    with sessions.begin() as session:
+        result = session.execute(
+            update(Image)
+            .where(Image.id.in_(_locked_ids(image_ids, mine)), mine)
+            .values(
+                claimed_by=None,
+                claimed_at=None,
+                attempts=(Image.attempts - 1) if refund else Image.attempts,
+            )
+            .returning(Image.id)
+            .execution_options(synchronize_session=False)
+        )
+        return len(result.all())
+
+
+def retried_before(
+    sessions: sessionmaker[Session], image_ids: Sequence[int], claimant: Claimant
+) -> bool:
+    """Would `claimant` re-take an image already tried (and not refunded)? Then go one by one.
+
+    True after a worker died on the chunk, or a lease of a dead worker
+    expired: one image of it may be the one that kills workers.
+    """
+    condition = and_(
+        Image.id.in_(image_ids),
+        _claimable(claimant, utcnow()),
+        Image.attempts > 0,
+        or_(Image.claimed_by.is_(None), ~_refunded(claimant)),
+    )
+    with sessions() as session:
+        return bool(session.scalar(select(func.count()).where(condition)))
 
 
 def store(
@@ -51,9 +194,10 @@ def store(
     owners: list[tuple[int, int]],
     predictions: list[Prediction],
     model_version: str,
+    claimant: Claimant,
     report: BatchReport,
 ) -> None:
-    """One transaction: faces and final status of every image still pending (locked)."""
+    """One transaction: faces and final status of every image still claimed by this token."""
     by_work: dict[int, list[tuple[int, object]]] = defaultdict(list)
     for (index, face_index), prediction in zip(owners, predictions, strict=True):
         by_work[index].append((face_index, prediction))
@@ -62,14 +206,21 @@ def store(
         rows = {
             row.id: row
             for row in session.scalars(
-                select(Image).where(Image.id.in_(ids), Image.status == PENDING).with_for_update()
+                select(Image)
+                .where(
+                    Image.id.in_(ids),
+                    Image.status == PENDING,
+                    Image.claimed_by == claimant.token,
+                )
+                .order_by(Image.id)
+                .with_for_update()
             )
         }
         face_rows = []
         now = utcnow()
         for index, item in enumerate(work):
             row = rows.get(item.image_id)
-            if row is None:  # finished meanwhile by a redelivered copy of this batch
+            if row is None:  # finished or taken over meanwhile by another delivery
                 report.skipped += 1
                 continue
             row.processed_at = now

@@ -9,16 +9,21 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from celery import signals
 from celery.exceptions import Reject
+from celery.utils.time import get_exponential_backoff_interval
 
 from worker.app import TASK_NAME, app
 from worker.config import Settings
 
 log = logging.getLogger("facegender.worker")
+
+# Retries of a failed chunk: 2, 4, 8 ... seconds (jittered), at most a minute apart, for
+# about 1.5 hours of database or broker outage; an image is charged only as worker.faults says.
+RETRY_BACKOFF, RETRY_BACKOFF_MAX, MAX_RETRIES = 2, 60, 100
 
 
 @dataclass
@@ -26,6 +31,7 @@ class _Process:
     settings: Settings
     sessions: Any
     models: Any
+    stamped: set[int] = field(default_factory=set)  # jobs whose provenance this process checked
 
 
 _process: _Process | None = None
@@ -81,28 +87,36 @@ def _warm_up(models: Any) -> None:
     models.classifier.predict(np.zeros((1, 224, 224, 3), np.uint8))
 
 
-@app.task(
-    name=TASK_NAME,
-    bind=True,
-    autoretry_for=(Exception,),
-    dont_autoretry_for=(Reject,),
-    retry_backoff=2,
-    retry_backoff_max=60,
-    max_retries=10,
-)
-def process_chunk(self: Any, job_id: int, image_ids: list[int]) -> dict[str, int]:
-    """Process one chunk of a job's images; the rows in the database are the result."""
+@app.task(name=TASK_NAME, bind=True, max_retries=MAX_RETRIES)
+def process_chunk(
+    self: Any, job_id: int, image_ids: list[int], refund: str | None = None
+) -> dict[str, int]:
+    """Process one chunk of a job's images; the rows in the database are the result.
+
+    `refund` (set only on retries) names the claim that an infrastructure
+    fault interrupted, so that the retry re-takes those images uncharged.
+    """
     if not (
         isinstance(job_id, int)
         and isinstance(image_ids, list)
         and all(isinstance(i, int) for i in image_ids)
+        and (refund is None or isinstance(refund, str))
     ):
         raise Reject(f"malformed chunk: job_id={job_id!r} image_ids={image_ids!r}", requeue=False)
     from worker.distributed import process_chunk as run_chunk
+    from worker.provenance import stamp
+    from worker.store import Claimant
 
     state = load_process()
+    claimant = Claimant.from_settings(self.request.id, state.settings, refund)
     started = time.perf_counter()
-    report = run_chunk(state.sessions, job_id, image_ids, state.models, state.settings.max_attempts)
+    try:
+        if job_id not in state.stamped:
+            stamp(state.sessions, job_id, state.models)
+            state.stamped.add(job_id)
+        report = run_chunk(state.sessions, job_id, image_ids, state.models, claimant)
+    except Exception as exc:
+        raise _retry(self, exc, job_id, image_ids, claimant) from exc
     log.info(
         "job %d: chunk of %d images: %d done, %d errors, %d faces, %d skipped in %.2fs",
         job_id,
@@ -114,6 +128,38 @@ def process_chunk(self: Any, job_id: int, image_ids: list[int]) -> dict[str, int
         time.perf_counter() - started,
     )
     return {"done": report.done, "errors": report.errors, "faces": report.faces}
+
+
+def _retry(
+    task: Any, exc: Exception, job_id: int, image_ids: list[int], claimant: Any
+) -> BaseException:
+    """The chunk again later, with exponential back-off; an infrastructure fault is refunded.
+
+    Any other failure (out of memory alone, a crash in the code) keeps the
+    attempts its claim counted, so an image that always fails ends as
+    "gave_up" instead of being retried forever.
+    """
+    from worker.faults import is_infrastructure
+
+    infrastructure = is_infrastructure(exc)
+    countdown = get_exponential_backoff_interval(
+        RETRY_BACKOFF, task.request.retries, RETRY_BACKOFF_MAX, full_jitter=True
+    )
+    log.warning(
+        "job %d: chunk failed (%s%s: %s); retry %d in %ds",
+        job_id,
+        "infrastructure, not charged: " if infrastructure else "",
+        type(exc).__name__,
+        exc,
+        task.request.retries + 1,
+        countdown,
+    )
+    refund = claimant.token if infrastructure else None
+    kwargs = {"job_id": job_id, "image_ids": image_ids, "refund": refund}
+    try:
+        return task.retry(exc=exc, countdown=countdown, kwargs=kwargs, throw=False)
+    except Reject as rejected:  # the broker refused the retry: put this message back instead
+        return Reject(rejected.reason, requeue=True)
 
 
 @contextmanager

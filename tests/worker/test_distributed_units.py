@@ -39,6 +39,28 @@ def test_config_is_json_only_with_late_acks_and_no_result_backend():
     assert config["broker_transport_options"]["visibility_timeout"] == 90
 
 
+def test_the_task_resolves_the_options_delivery_relies_on():
+    """As Celery resolves them on the bound task: settings a Celery too old to know vanish."""
+    from worker.app import app
+    from worker.tasks import process_chunk
+
+    task = app.tasks[process_chunk.name]
+    assert task.acks_late is True
+    assert task.reject_on_worker_lost is True  # a dead pool process: its chunk comes back
+    assert task.retry_on_worker_lost is False  # ... at once, not as a counted retry
+    assert task.acks_on_timeout is False  # a chunk killed by the time limit comes back
+    assert task.acks_on_failure is True
+    assert task.time_limit == Settings().task_time_limit
+    assert task.max_retries == 100
+    assert task.serializer == "json" and task.ignore_result is True
+    conf = app.conf
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.accept_content == ["json"] and conf.result_serializer == "json"
+    assert conf.worker_proc_alive_timeout == 300.0
+    assert conf.broker_transport_options["unacked_restore_interval"] >= 1
+    assert Settings().visibility_timeout > task.time_limit
+
+
 def test_visibility_timeout_must_outlast_the_time_limit():
     with pytest.raises(ValueError, match="VISIBILITY_TIMEOUT"):
         celery_config(Settings(task_time_limit=600, visibility_timeout=600))
@@ -67,13 +89,13 @@ def test_enqueue_sends_json_chunks_and_resume_sends_only_what_is_pending(folder,
     with sessions.begin() as session:  # 7 images finished meanwhile
         session.execute(update(Image).where(Image.id.in_(ids[:7])).values(status=DONE))
     sent.clear()
-    assert resume_job(sessions, job_id, 4, send) == 3
+    assert resume_job(sessions, job_id, 4, send) == (3, 0)
     assert [json.loads(m)["image_ids"] for m in sent] == [ids[7:]]
 
     with sessions.begin() as session:
         session.execute(update(Image).where(Image.id.in_(ids[7:])).values(status=DONE))
     sent.clear()
-    assert resume_job(sessions, job_id, 4, send) == 0 and sent == []
+    assert resume_job(sessions, job_id, 4, send) == (0, 0) and sent == []
     with sessions() as session:  # nothing left: resume closes the job
         assert session.get(Job, job_id).status == DONE
     with pytest.raises(LookupError):

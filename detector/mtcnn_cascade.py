@@ -1,0 +1,143 @@
+"""MTCNN's three stages over a few detection images of any sizes, on ONNX Runtime.
+
+PNet runs over each image's scale pyramid (images of one size and border
+share each call), then RNet and ONet each refine the proposals of all the
+images at once, on crops taken from the normalised images. The stages follow
+the `mtcnn` package's `StagePNet`, `StageRNet` and `StageONet` step for step
+with its default NMS thresholds, so the faces are the package's, to float
+rounding; nothing is kept per image size, so any mix of sizes costs no more
+than its pixels.
+"""
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from detector.mtcnn_boxes import (
+    clip,
+    nms,
+    place_landmarks,
+    proposals,
+    reach,
+    regress,
+    scale_pyramid,
+    square,
+)
+from detector.mtcnn_images import crop_and_resize, level_size, normalise, resize_area
+from detector.mtcnn_onnx import MtcnnNetworks
+
+# The package's defaults for what the detector does not expose as settings.
+_SCALE_FACTOR = 0.709
+_NMS_PNET_SCALE, _NMS_PNET, _NMS_RNET, _NMS_ONET = 0.5, 0.7, 0.7, 0.7
+# RNet/ONet crops per network call: a crowd's thousands of proposals go in slices, so the
+# crops (48 x 48 x 3 floats each for ONet) stay a few tens of MB.
+_CROPS_PER_CALL = 1024
+
+
+class Cascade:
+    """PNet -> RNet -> ONet; the networks load once and are safe to share between threads."""
+
+    def __init__(self, threads: int = 0) -> None:
+        self._nets = MtcnnNetworks(threads)
+        # PNet's face score for a window of pure padding (black after normalisation).
+        black = np.full((1, 12, 12, 3), -127.5 / 128, np.float32)
+        self._padding_score = float(self._nets.pnet(black)[1][0, 0, 0])
+
+    def detect(
+        self,
+        images: Sequence[np.ndarray],
+        pads: Sequence[int],
+        min_face_size: int,
+        thresholds: tuple[float, float, float],
+    ) -> np.ndarray:
+        """Rows [image, x1, y1, x2, y2, score, 5 xs, 5 ys] in pixels of each RGB uint8 image.
+
+        `pads` is the black border around each image (0: none, or unknown);
+        `thresholds` are PNet's, RNet's and ONet's.
+        """
+        normalised = [normalise(image) for image in images]
+        boxes = self._propose(normalised, pads, min_face_size, thresholds[0])
+        if len(boxes):
+            offsets, scores = self._refine(self._nets.rnet, normalised, boxes, 24)
+            boxes[:, 5] = scores
+            boxes = regress(boxes, offsets)
+            boxes = boxes[boxes[:, 5] > thresholds[1]]
+            boxes = square(nms(boxes, _NMS_RNET, "union", sort=True))
+        if not len(boxes):
+            return np.empty((0, 16))
+        offsets, landmarks, scores = self._refine(self._nets.onet, normalised, boxes, 48)
+        landmarks = place_landmarks(landmarks, boxes)
+        boxes[:, 5] = scores
+        boxes = np.concatenate([regress(boxes, offsets), landmarks], axis=-1)
+        boxes = boxes[boxes[:, 5] > thresholds[2]]
+        boxes = nms(boxes, _NMS_ONET, "min", sort=True)
+        shapes = np.array([image.shape[:2] for image in images])[boxes[:, 0].astype(int)]
+        return clip(boxes, shapes[:, 0], shapes[:, 1])
+
+    def _propose(
+        self,
+        normalised: list[np.ndarray],
+        pads: Sequence[int],
+        min_face_size: int,
+        threshold: float,
+    ) -> np.ndarray:
+        """PNet over each image's scale pyramid: the squared proposals of all the images.
+
+        PNet only sees the part of each level that the image can reach:
+        windows wholly inside the black padding score far below any usable
+        threshold (checked at load), so skipping them finds the same
+        proposals for less work.
+        """
+        groups: dict[tuple[tuple[int, ...], int], list[int]] = defaultdict(list)
+        for index, (image, pad) in enumerate(zip(normalised, pads, strict=True)):
+            groups[image.shape, pad].append(index)
+        found = []
+        for ((height, width, _), pad), members in groups.items():
+            crop = pad > 0 and threshold > 10 * self._padding_score
+            for scale in scale_pyramid(width, height, min_face_size, _SCALE_FACTOR):
+                scaled_h, scaled_w = level_size(height, width, scale)
+                top, bottom = reach(height, pad, scaled_h) if crop else (0, scaled_h)
+                left, right = reach(width, pad, scaled_w) if crop else (0, scaled_w)
+                if min(bottom - top, right - left) < 12:
+                    continue  # smaller than one PNet window: no proposals
+                level = np.stack(
+                    [
+                        resize_area(normalised[i], scaled_h, scaled_w)[top:bottom, left:right]
+                        for i in members
+                    ]
+                )
+                boxes = proposals(*self._nets.pnet(level), threshold)
+                boxes[:, 0] = np.asarray(members)[boxes[:, 0].astype(int)]
+                boxes[:, [1, 3]] += left
+                boxes[:, [2, 4]] += top
+                boxes[:, 1:5] /= scale
+                found.append(nms(boxes, _NMS_PNET_SCALE, "union", sort=False))
+        boxes = np.concatenate(found) if found else np.empty((0, 6))
+        return square(nms(boxes, _NMS_PNET, "union", sort=True))
+
+    @staticmethod
+    def _refine(
+        network: Callable[[np.ndarray], tuple[np.ndarray, ...]],
+        normalised: list[np.ndarray],
+        boxes: np.ndarray,
+        size: int,
+    ) -> list[np.ndarray]:
+        """`network`'s outputs for the size x size crop of every box, a slice at a time."""
+        parts = [
+            network(_crops(normalised, boxes[start : start + _CROPS_PER_CALL], size))
+            for start in range(0, len(boxes), _CROPS_PER_CALL)
+        ]
+        return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
+
+
+def _crops(normalised: list[np.ndarray], boxes: np.ndarray, size: int) -> np.ndarray:
+    """The package's `extract_patches`: each box's crop of its own image, resized bilinearly."""
+    crops = np.empty((len(boxes), size, size, 3), np.float32)
+    owners = boxes[:, 0].astype(int)
+    for owner in np.unique(owners):
+        mine = owners == owner
+        height, width = normalised[owner].shape[:2]
+        corners = boxes[mine][:, [2, 1, 4, 3]] / np.array([[height, width, height, width]])
+        crops[mine] = crop_and_resize(normalised[owner], corners.astype(np.float32), size)
+    return crops

@@ -1,0 +1,71 @@
+"""The pixel side of MTCNN: normalising, pyramid levels and the RNet/ONet crops.
+
+These reproduce the `mtcnn` package's TensorFlow image ops without
+TensorFlow: the area resize of each pyramid level (OpenCV's INTER_AREA, which
+for the package's downscales weighs the same source pixels as
+`tf.image.resize(..., AREA)`) and `tf.image.crop_and_resize` (bilinear, 0
+outside the image), written out in numpy in TensorFlow's float32 order.
+"""
+
+import cv2
+import numpy as np
+
+
+def normalise(image: np.ndarray) -> np.ndarray:
+    """uint8 pixels to MTCNN's input range, (x - 127.5) / 128, in float32 (exact)."""
+    return (image.astype(np.float32) - np.float32(127.5)) / np.float32(128)
+
+
+def level_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """A pyramid level's (height, width): the float size truncated, as the package's is."""
+    scaled_h, scaled_w = (np.asarray([height, width]) * scale).astype(np.int32)
+    return int(scaled_h), int(scaled_w)
+
+
+def resize_area(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A normalised (H, W, 3) image area-resized to (height, width)."""
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def crop_and_resize(image: np.ndarray, corners: np.ndarray, size: int) -> np.ndarray:
+    """`tf.image.crop_and_resize(image[None], corners, zeros, (size, size))` for one image.
+
+    `corners` is (K, 4) [y1, x1, y2, x2] in fractions of the image (float32);
+    returns (K, size, size, 3) float32. A sample that falls outside the image
+    is 0, the package's extrapolation value.
+    """
+    height, width = image.shape[:2]
+    ys, y_inside = _samples(corners[:, 0], corners[:, 2], height, size)
+    xs, x_inside = _samples(corners[:, 1], corners[:, 3], width, size)
+    top, bottom, y_lerp = _neighbours(ys, height)
+    left, right, x_lerp = _neighbours(xs, width)
+    rows_top, rows_bottom = top[:, :, None], bottom[:, :, None]
+    cols_left, cols_right = left[:, None, :], right[:, None, :]
+    x_lerp = x_lerp[:, None, :, None]
+    upper = image[rows_top, cols_left]
+    upper += (image[rows_top, cols_right] - upper) * x_lerp
+    lower = image[rows_bottom, cols_left]
+    lower += (image[rows_bottom, cols_right] - lower) * x_lerp
+    upper += (lower - upper) * y_lerp[:, :, None, None]
+    inside = y_inside[:, :, None] & x_inside[:, None, :]
+    upper[~inside] = 0
+    return upper
+
+
+def _samples(
+    start: np.ndarray, stop: np.ndarray, extent: int, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Source coordinates of a crop's `size` samples along one axis, and which are inside."""
+    last = np.float32(extent - 1)
+    step = (stop - start) * last / np.float32(size - 1)
+    coords = start[:, None] * last + np.arange(size, dtype=np.float32)[None, :] * step[:, None]
+    return coords, (coords >= 0) & (coords <= last)
+
+
+def _neighbours(coords: np.ndarray, extent: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lower and upper source index of each sample (clamped) and its weight towards the upper."""
+    low = np.floor(coords)
+    lerp = coords - low
+    lower = np.clip(low, 0, extent - 1).astype(np.intp)
+    upper = np.clip(np.ceil(coords), 0, extent - 1).astype(np.intp)
+    return lower, upper, lerp

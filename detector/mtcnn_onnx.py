@@ -1,0 +1,173 @@
+"""MTCNN's PNet, RNet and ONet as ONNX graphs on ONNX Runtime, built from the `mtcnn` weights.
+
+The weights are the `mtcnn` package's own (joblib files of the Keras layers'
+`get_weights()`); the graphs are built in memory at load time, so no model
+file enters the repository and no TensorFlow is needed to serve. Importing
+`mtcnn` would import TensorFlow, so its files are found without importing it.
+
+Each graph takes NHWC float32 images, normalised as the package does
+((x - 127.5) / 128), with free batch, height and width axes: ONNX Runtime
+runs any shape without tracing. The layers mirror `mtcnn.network`: Keras
+"same" max-pooling is SAME_UPPER (the extra pad after), and the dense layers
+read the features in Keras's order (a Permute to (W, H, C), then Flatten).
+"""
+
+import importlib.util
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+_OPSET = 17
+
+
+def weights_dir() -> Path:
+    """The `mtcnn` package's weight folder, found without running its TensorFlow import."""
+    spec = importlib.util.find_spec("mtcnn")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("the mtcnn package (its weights) is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "assets" / "weights"
+
+
+class _Graph:
+    """A small builder: a chain of layers fed from the NHWC input, weights as initializers."""
+
+    def __init__(self, name: str, weights: Sequence[np.ndarray], height: str, width: str) -> None:
+        self.name = name
+        self._weights = list(weights)
+        self._used = 0
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.input = helper.make_tensor_value_info(
+            "images", TensorProto.FLOAT, ["batch", height, width, 3]
+        )
+        self._count = 0
+        self.x = self._node("Transpose", ["images"], perm=[0, 3, 1, 2])  # NHWC -> NCHW
+
+    def _take(self) -> np.ndarray:
+        weight = self._weights[self._used]
+        self._used += 1
+        return np.asarray(weight, dtype=np.float32)
+
+    def _constant(self, value: np.ndarray) -> str:
+        name = f"w{len(self.initializers)}"
+        self.initializers.append(numpy_helper.from_array(value.astype(np.float32), name))
+        return name
+
+    def _node(self, op: str, inputs: list[str], **attributes: Any) -> str:
+        self._count += 1
+        output = f"{op.lower()}{self._count}"
+        self.nodes.append(helper.make_node(op, inputs, [output], **attributes))
+        return output
+
+    def conv(self, x: str) -> str:
+        kernel, bias = self._take(), self._take()  # Keras (kh, kw, in, out)
+        weight = self._constant(kernel.transpose(3, 2, 0, 1))
+        return self._node("Conv", [x, weight, self._constant(bias)])
+
+    def prelu(self, x: str, spatial: bool = True) -> str:
+        alpha = self._take()  # (1, 1, C) shared over H and W, or (C,) after a dense layer
+        slope = alpha.reshape(-1, 1, 1) if spatial else alpha.reshape(-1)
+        return self._node("PRelu", [x, self._constant(slope)])
+
+    def pool(self, x: str, size: int, same: bool) -> str:
+        padding = "SAME_UPPER" if same else "VALID"
+        return self._node(
+            "MaxPool", [x], kernel_shape=[size, size], strides=[2, 2], auto_pad=padding
+        )
+
+    def flatten_as_keras(self, x: str) -> str:
+        """Keras's Permute((2, 1, 3)) then Flatten, from NCHW: features in (W, H, C) order."""
+        return self._node("Flatten", [self._node("Transpose", [x], perm=[0, 3, 2, 1])], axis=1)
+
+    def dense(self, x: str) -> str:
+        kernel, bias = self._take(), self._take()  # Keras (in, out)
+        return self._node("Gemm", [x, self._constant(kernel), self._constant(bias)])
+
+    def softmax(self, x: str, axis: int) -> str:
+        return self._node("Softmax", [x], axis=axis)
+
+    def model(self, outputs: dict[str, str], rank: int) -> onnx.ModelProto:
+        if self._used != len(self._weights):
+            raise ValueError(f"{self.name}: {len(self._weights) - self._used} weights unused")
+        self.nodes += [helper.make_node("Identity", [x], [name]) for name, x in outputs.items()]
+        shape = [None] * rank
+        values = [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in outputs]
+        graph = helper.make_graph(self.nodes, self.name, [self.input], values, self.initializers)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET)])
+        model.ir_version = 8  # what every ONNX Runtime of the supported range reads
+        onnx.checker.check_model(model)
+        return model
+
+
+def pnet_graph(weights: Sequence[np.ndarray]) -> onnx.ModelProto:
+    """Outputs `offsets` (N, 4, H', W') and `scores` (N, 2, H', W'): one cell per 12-px window."""
+    g = _Graph("pnet", weights, "height", "width")
+    x = g.pool(g.prelu(g.conv(g.x)), 2, same=True)
+    x = g.prelu(g.conv(g.prelu(g.conv(x))))
+    offsets = g.conv(x)
+    scores = g.softmax(g.conv(x), axis=1)
+    return g.model({"offsets": offsets, "scores": scores}, rank=4)
+
+
+def rnet_graph(weights: Sequence[np.ndarray]) -> onnx.ModelProto:
+    """On 24x24 crops: `offsets` (N, 4) and `scores` (N, 2)."""
+    g = _Graph("rnet", weights, "24", "24")
+    x = g.pool(g.prelu(g.conv(g.x)), 3, same=True)
+    x = g.pool(g.prelu(g.conv(x)), 3, same=False)
+    x = g.prelu(g.dense(g.flatten_as_keras(g.prelu(g.conv(x)))), spatial=False)
+    offsets = g.dense(x)
+    scores = g.softmax(g.dense(x), axis=-1)
+    return g.model({"offsets": offsets, "scores": scores}, rank=2)
+
+
+def onet_graph(weights: Sequence[np.ndarray]) -> onnx.ModelProto:
+    """On 48x48 crops: `offsets` (N, 4), `landmarks` (N, 10: 5 xs, 5 ys) and `scores` (N, 2)."""
+    g = _Graph("onet", weights, "48", "48")
+    x = g.pool(g.prelu(g.conv(g.x)), 3, same=True)
+    x = g.pool(g.prelu(g.conv(x)), 3, same=False)
+    x = g.pool(g.prelu(g.conv(x)), 2, same=True)
+    x = g.prelu(g.dense(g.flatten_as_keras(g.prelu(g.conv(x)))), spatial=False)
+    offsets = g.dense(x)
+    landmarks = g.dense(x)
+    scores = g.softmax(g.dense(x), axis=-1)
+    return g.model({"offsets": offsets, "landmarks": landmarks, "scores": scores}, rank=2)
+
+
+class MtcnnNetworks:
+    """The three networks as ONNX Runtime sessions (CPU); `threads` 0 lets ORT choose."""
+
+    def __init__(self, threads: int = 0) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only: the CLI's output is its own
+        folder = weights_dir()
+        self._sessions = {
+            name: ort.InferenceSession(
+                build(joblib.load(folder / f"{name}.lz4")).SerializeToString(),
+                options,
+                providers=["CPUExecutionProvider"],
+            )
+            for name, build in (("pnet", pnet_graph), ("rnet", rnet_graph), ("onet", onet_graph))
+        }
+
+    def pnet(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(offsets, face probability) per 12-px window: (N, 4, H', W') and (N, H', W')."""
+        offsets, scores = self._sessions["pnet"].run(None, {"images": images})
+        return offsets, scores[:, 1]
+
+    def rnet(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(offsets (N, 4), face probability (N,)) for 24x24 crops."""
+        offsets, scores = self._sessions["rnet"].run(None, {"images": crops})
+        return offsets, scores[:, 1]
+
+    def onet(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(offsets (N, 4), landmarks (N, 10), face probability (N,)) for 48x48 crops."""
+        offsets, landmarks, scores = self._sessions["onet"].run(None, {"images": crops})
+        return offsets, landmarks, scores[:, 1]

@@ -24,6 +24,7 @@ from worker.jobs import (
     unfinished_job,
 )
 from worker.pipeline import Models, process_batches
+from worker.provenance import stamp
 from worker.store import Claimant
 
 
@@ -53,6 +54,7 @@ def run_job(
     finished and stored, and the rest stays pending for the next run.
     """
     mark_running(sessions, job_id)
+    stamp(sessions, job_id, models)  # what makes this job's rows (first run wins)
     sizes: deque[int] = deque()
     batches = _batches(sessions, job_id, root, batch_size, sizes, on_registered, stop)
     totals = BatchReport()

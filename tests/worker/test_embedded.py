@@ -1,14 +1,18 @@
 """The embedded path end to end: folder -> job -> rows, on SQLite and PostgreSQL."""
 
+import os
 import shutil
+import threading
+from pathlib import Path
 
 import pytest
+from PIL import Image as PILImage
 from sqlalchemy import func, inspect, select
 
 from tests.badfiles import build_bad_corpus, write_exif_rotated
-from worker.db import DONE, ERROR, Face, Image, open_database
-from worker.embedded import run_folder
-from worker.results import face_results, job_statuses
+from worker.db import DONE, ERROR, PENDING, RUNNING, Face, Image, Job, open_database
+from worker.embedded import open_job, run_folder, run_job
+from worker.results import iter_results, job_statuses
 
 FACE_COLUMNS = (
     "face_index", "x", "y", "w", "h", "det_confidence", "left_eye_x", "left_eye_y",
@@ -111,10 +115,15 @@ def test_schema_comes_from_the_migration(db_url):
     sessions = open_database(db_url)
     inspector = inspect(sessions.kw["bind"])
     assert {"jobs", "images", "faces", "alembic_version"} <= set(inspector.get_table_names())
-    with sessions() as session:
-        from sqlalchemy import text
+    from sqlalchemy import text
 
-        assert session.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+    with sessions() as session:
+        version = session.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    from alembic.script import ScriptDirectory
+
+    from worker.db import _alembic_config
+
+    assert version == ScriptDirectory.from_config(_alembic_config()).get_current_head()
     open_database(db_url)  # upgrading an up-to-date database is a no-op
 
 
@@ -126,15 +135,134 @@ def test_results_filters(sqlite_url, utkface_files, tmp_path, models):
     (folder / "broken.jpg").write_text("nope")
     sessions = open_database(sqlite_url)
     job_id, _ = run_folder(sessions, folder, models, batch_size=8)
-    everything = face_results(sessions, job_id=job_id)
+    everything = _results(sessions, job_id=job_id)
     assert everything and all(r["status"] == "done" for r in everything)
     for gender in ("male", "female"):
-        subset = face_results(sessions, job_id=job_id, gender=gender)
+        subset = _results(sessions, job_id=job_id, gender=gender)
         assert all(r["gender"] == gender for r in subset)
-    confident = face_results(sessions, job_id=job_id, min_confidence=0.9)
+    confident = _results(sessions, job_id=job_id, min_confidence=0.9)
     assert all(r["confidence"] >= 0.9 for r in confident)
-    with_empty = face_results(sessions, job_id=job_id, include_empty=True)
+    with_empty = _results(sessions, job_id=job_id, include_empty=True)
     empty = [r for r in with_empty if r["face_index"] is None]
     assert len(with_empty) == len(everything) + len(empty)
     (broken,) = [r for r in empty if r["status"] == "error"]
     assert broken["path"].endswith("broken.jpg") and "not a recognised image" in broken["error"]
+
+
+def _results(sessions, **filters) -> list[dict]:
+    return list(iter_results(sessions, **filters))
+
+
+def test_results_include_empty_composes_with_face_filters(
+    sqlite_url, utkface_files, tmp_path, models
+):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for path in utkface_files[5::900][:12]:
+        shutil.copy(path, folder / path.name)
+    (folder / "broken.jpg").write_text("nope")
+    PILImage.new("RGB", (120, 90), (90, 160, 90)).save(folder / "lawn.png")
+    sessions = open_database(sqlite_url)
+    job_id, _ = run_folder(sessions, folder, models, batch_size=8)
+    for gender in ("male", "female"):
+        rows = _results(sessions, job_id=job_id, gender=gender, include_empty=True)
+        faces = [r for r in rows if r["face_index"] is not None]
+        assert faces == _results(sessions, job_id=job_id, gender=gender)
+        empty = {Path(r["path"]).name: r["status"] for r in rows if r["face_index"] is None}
+        assert empty == {"broken.jpg": "error", "lawn.png": "done"}
+    paths = [r["path"] for r in _results(sessions, job_id=job_id, include_empty=True)]
+    assert paths == sorted(paths)
+
+
+def _face_bytes(path: Path, fmt: str) -> None:
+    PILImage.open(path).convert("RGB").save(path.with_suffix("." + fmt.lower()), format=fmt)
+
+
+def test_any_file_name_and_heic_avif_photos_are_processed(db_url, utkface_files, tmp_path, models):
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    latin = os.fsdecode(bytes(folder) + b"/caf\xe9.jpg")
+    shutil.copy(utkface_files[11], latin)
+    for index, fmt in ((12, "HEIF"), (14, "AVIF")):
+        source = folder / f"face{index}.jpg"
+        shutil.copy(utkface_files[index], source)
+        _face_bytes(source, fmt)
+        source.unlink()
+    heic = (folder / "face12.heif").read_bytes()
+    (folder / "cut.heic").write_bytes(heic[: len(heic) // 2])  # libheif: end of file
+    (folder / "stub.heic").write_bytes(heic[:40])  # the container's header, no image
+    sessions = open_database(db_url)
+    job_id, _ = run_folder(sessions, folder, models, batch_size=4)
+    with sessions() as session:
+        rows = {Path(r.path).name: r for r in session.scalars(select(Image))}
+    assert set(rows) == {"caf\\xe9.jpg", "face12.heif", "face14.avif", "cut.heic", "stub.heic"}
+    for name in ("caf\\xe9.jpg", "face12.heif", "face14.avif"):
+        assert rows[name].status == DONE and rows[name].face_count == 1, (name, rows[name].error)
+    assert rows["caf\\xe9.jpg"].path_raw == os.fsencode(latin)
+    assert rows["cut.heic"].status == ERROR and rows["cut.heic"].error_code == "corrupt"
+    assert "end of file" in rows["cut.heic"].error
+    assert rows["stub.heic"].status == ERROR and rows["stub.heic"].error_code == "corrupt"
+    assert "HEIF/AVIF" in rows["stub.heic"].error
+    shown = {r["path"] for r in _results(sessions, job_id=job_id)}
+    assert f"{folder}/caf\\xe9.jpg" in shown
+
+
+def test_work_starts_before_the_scan_ends(sqlite_url, utkface_files, tmp_path, models):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(1500):  # more than one scan batch (1,000): empty files fail fast
+        (folder / f"{i:04d}.jpg").touch()
+    shutil.copy(utkface_files[20], folder / "face.jpg")
+    sessions = open_database(sqlite_url)
+    job_id, continued = open_job(sessions, folder)
+    events: list[str] = []
+    totals, done = run_job(
+        sessions,
+        job_id,
+        folder,
+        models,
+        batch_size=100,
+        on_batch=lambda report, count: events.append("batch"),
+        on_registered=lambda count: events.append(f"registered {count}"),
+    )
+    assert not continued and done
+    assert events.index("batch") < events.index("registered 1501")
+    assert totals.errors == 1500 and totals.done == 1 and totals.faces == 1
+
+
+def _rows(sessions, job_id: int) -> list[tuple]:
+    return [
+        (Path(r["path"]).name, r["status"], r["face_index"], r["gender"], round(r["x"] or 0))
+        for r in _results(sessions, job_id=job_id, include_empty=True)
+    ]
+
+
+def test_a_stopped_run_is_continued_and_ends_with_the_same_rows(
+    sqlite_url, utkface_files, tmp_path, models
+):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for path in utkface_files[30::500][:14]:
+        shutil.copy(path, folder / path.name)
+    sessions = open_database(sqlite_url)
+    job_id, _ = open_job(sessions, folder)
+    stop = threading.Event()
+    _, done = run_job(
+        sessions, job_id, folder, models, 4, on_batch=lambda *_: stop.set(), stop=stop
+    )
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        pending = session.scalar(select(func.count()).where(Image.status == PENDING))
+        assert job is not None and job.status == RUNNING and not job.scan_done
+    assert not done and 0 < pending < 14
+    shutil.copy(utkface_files[1], folder / "added later.jpg")
+    again, continued = open_job(sessions, folder)
+    assert again == job_id and continued
+    _, done = run_job(sessions, job_id, folder, models, 4)
+    assert done
+    reference = open_database(f"sqlite:///{tmp_path / 'reference.db'}")
+    straight, _ = run_folder(reference, folder, models, batch_size=6)
+    assert _rows(sessions, job_id) == _rows(reference, straight)
+    assert len(_rows(sessions, job_id)) >= 15
+    (status,) = job_statuses(sessions, job_id)
+    assert status.status == DONE and status.total == 15

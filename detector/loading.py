@@ -5,6 +5,13 @@ grayscale, palette, alpha, 16-bit, CMYK, animated. Each becomes upright RGB
 uint8; anything that cannot (missing, empty, truncated, not an image, a
 decompression bomb) raises ImageLoadError with a reason code and a message a
 person can act on.
+
+Large photos need not be decoded whole: given `min_side`, a JPEG is decoded
+by libjpeg at the largest power-of-two reduction (at most 8) whose longest
+side stays at least `min_side` (Pillow's draft mode: a 24-MP photo costs a
+quarter of its pixels or less), and other formats are resized after
+decoding to that longest side. `LoadedImage.scale` says how to map its
+pixels back to the file's: original = decoded / scale.
 """
 
 import errno
@@ -15,11 +22,13 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MAX_BYTES = 200 * 1024 * 1024
+_TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
 class ImageLoadError(Exception):
@@ -33,25 +42,36 @@ class ImageLoadError(Exception):
 
 @dataclass(frozen=True)
 class LoadedImage:
-    """Decoded pixels (upright RGB uint8, H x W x 3) and the facts stored about the file."""
+    """Decoded pixels (upright RGB uint8, H x W x 3) and the facts stored about the file.
+
+    `width` and `height` are the upright original's; `pixels` may be smaller by
+    `scale` (decoded pixels per original pixel, 1.0 when decoded whole).
+    """
 
     pixels: np.ndarray
     sha256: str
     width: int
     height: int
+    scale: float = 1.0
 
 
 def load_image(
     path: str | os.PathLike[str],
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    min_side: int | None = None,
 ) -> LoadedImage:
-    """Read, hash and decode `path`; raises ImageLoadError on any failure."""
+    """Read, hash and decode `path` (reduced towards `min_side`, see the module doc).
+
+    Raises ImageLoadError on any failure.
+    """
     data = _read_bytes(Path(path), max_bytes)
-    return decode_image(data, max_pixels)
+    return decode_image(data, max_pixels, min_side)
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+def decode_image(
+    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None
+) -> LoadedImage:
     """Decode in-memory file bytes; raises ImageLoadError on any failure."""
     if not data:
         raise ImageLoadError("empty", "file is empty (0 bytes)")
@@ -64,6 +84,10 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedIma
                     f"{img.width}x{img.height} is over the {max_pixels:,}-pixel limit "
                     "(possible decompression bomb)",
                 )
+            stored = img.size
+            if img.getexif().get(ExifTags.Base.Orientation) in _TRANSPOSED:
+                stored = stored[::-1]
+            reduction = _draft(img, min_side) if min_side else 1
             img.load()
             pixels = _to_rgb(ImageOps.exif_transpose(img))
     except ImageLoadError:
@@ -75,8 +99,27 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedIma
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"
         raise ImageLoadError(reason, f"cannot decode image: {exc}") from exc
-    height, width = pixels.shape[:2]
-    return LoadedImage(pixels=pixels, sha256=digest, width=width, height=height)
+    scale = 1.0 / (reduction or 1)
+    if min_side and reduction is None and max(stored) > min_side:  # not a JPEG: resize
+        scale = min_side / max(stored)
+        size = (max(1, round(stored[0] * scale)), max(1, round(stored[1] * scale)))
+        pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+    return LoadedImage(pixels, digest, width=stored[0], height=stored[1], scale=scale)
+
+
+def _draft(img: Image.Image, min_side: int) -> int | None:
+    """Ask a JPEG's decoder for its largest reduction keeping `min_side`; returns it.
+
+    libjpeg reduces by 2, 4 or 8 while decoding (DCT scaling), the cheapest
+    way to a smaller image; Pillow picks the largest that keeps at least the
+    size asked for. None: the format has no such mode.
+    """
+    width, height = img.size
+    reduction = 1
+    while reduction < 8 and max(width, height) // (2 * reduction) >= min_side:
+        reduction *= 2
+    drafted = img.draft("RGB", (max(1, width // reduction), max(1, height // reduction)))
+    return None if drafted is None else round(width / drafted[1][2])  # box: original / reduction
 
 
 def _read_bytes(path: Path, max_bytes: int) -> bytes:

@@ -42,8 +42,9 @@ class WorkItem:
     job_id: int
     path: str
     pixels: np.ndarray | None = None  # released once the faces are aligned
+    scale: float = 1.0  # decoded pixels per file pixel (large photos are decoded reduced)
     sha256: str | None = None
-    width: int | None = None
+    width: int | None = None  # the file's (upright), whatever size it was decoded at
     height: int | None = None
     error_code: str | None = None
     error: str | None = None

@@ -1,67 +1,82 @@
-"""Process-wide TensorFlow set-up, done once before any model is built."""
+"""How a process spreads its work over the cores it may use; TensorFlow set-up, kept lazy.
+
+Nothing here imports TensorFlow: the serving path (ONNX Runtime for MTCNN,
+LiteRT for the classifier) never loads it. `configure_tensorflow` only sets
+the environment TensorFlow reads when it starts, so the thread counts apply
+if and when the Keras backend or training loads it, and cost nothing otherwise.
+"""
 
 import os
+import sys
 from dataclasses import dataclass
 
 from worker.config import Settings
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+VERBOSE_ENV = "FACEGENDER_VERBOSE"  # read by classifier.runtime.quiet
+
+
+def usable_cpus() -> int:
+    """Cores this process may run on (its affinity mask, e.g. a container's cpuset)."""
+    return len(os.sched_getaffinity(0))
+
+
+def native_logs(verbose: bool = False) -> None:
+    """Whether native libraries (TensorFlow, absl, LiteRT's XNNPACK) may log to stderr.
+
+    Set before they load: TensorFlow reads TF_CPP_MIN_LOG_LEVEL when it starts
+    (quiet still shows its errors), the classifier reads FACEGENDER_VERBOSE.
+    """
+    if verbose:
+        os.environ.update({VERBOSE_ENV: "1", "TF_CPP_MIN_LOG_LEVEL": "0"})
+    else:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def configure_tensorflow(threads: int = 0) -> None:
-    """Thread counts (0 = TensorFlow's choice) and GPU memory growth when a GPU is present."""
-    import tensorflow as tf
+    """TensorFlow's thread pools (0: its choice) and GPU memory growth, for when it loads.
 
+    Set through the environment TensorFlow reads at start-up; if it is already
+    loaded in this process, its running configuration is set too.
+    """
     if threads:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, threads)))
-    for gpu in tf.config.list_physical_devices("GPU"):
-        tf.config.experimental.set_memory_growth(gpu, True)
+        os.environ["TF_NUM_INTRAOP_THREADS"] = str(threads)
+        os.environ["TF_NUM_INTEROP_THREADS"] = str(max(1, min(2, threads)))
+    os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+    if "tensorflow" in sys.modules and threads:
+        tf = sys.modules["tensorflow"]
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, threads)))
+        except RuntimeError:  # TensorFlow already running: its pools are fixed now
+            pass
 
 
 @dataclass(frozen=True)
 class ThreadPlan:
     """How the pipeline spreads over the cores (see plan_threads)."""
 
-    detect_workers: int
-    classifier_threads: int
+    detect_workers: int  # groups of images detected at once, each on a thread of its own
+    detector_threads: int  # ONNX Runtime intra-op threads per detector call
+    classifier_threads: int  # LiteRT (XNNPACK) threads of the classifier
     detect_group: int = 16  # images per detector call
 
 
-def plan_threads(settings: Settings) -> ThreadPlan:
-    """Detector workers and classifier threads; sets TensorFlow's thread pools to match.
+def plan_threads(settings: Settings, cpus: int | None = None) -> ThreadPlan:
+    """Detector workers and their threads, and the classifier's threads, for `cpus` cores.
 
-    MTCNN's small convolutions use two cores badly from one call (2 threads
-    gave 1.3x one thread here), so with TensorFlow's threads left to us
-    (FACEGENDER_TF_THREADS unset) two detector workers run at once, each op on
-    cpus/2 threads, and the classifier (XNNPACK scales well) gets every core
-    from its own thread (a Keras classifier on a CPU shares TensorFlow's pools,
-    so then one detector worker). With FACEGENDER_TF_THREADS=N (a process sharing the
-    machine, as `facegender worker --concurrency` sets it) everything keeps to
-    N threads and one detector worker, unless FACEGENDER_DETECT_WORKERS says.
-    Measured with bench/e2e.py; see bench/results/. Detector calls take 16
-    images on a CPU (more gains nothing there) and 64 on a GPU, which wants
-    bigger batches (FACEGENDER_DETECT_GROUP overrides).
+    MTCNN's small convolutions use several cores badly from one call, so two
+    detector workers run at once, each on cpus/2 threads, and the classifier
+    (XNNPACK scales well) gets every core from its own thread: they take turns
+    more than they overlap. With FACEGENDER_TF_THREADS=N (a process sharing the
+    machine with others, as `facegender worker --concurrency` sets it)
+    everything keeps to N threads and one detector worker, unless
+    FACEGENDER_DETECT_WORKERS says otherwise. Detector calls take 16 images
+    (FACEGENDER_DETECT_GROUP overrides): more gains nothing on a CPU.
     """
-    import tensorflow as tf
-
-    cpus = len(os.sched_getaffinity(0))
-    gpu = bool(tf.config.list_physical_devices("GPU"))
-    group = settings.detect_group or (64 if gpu else 16)
+    cpus = cpus or usable_cpus()
+    group = settings.detect_group or 16
     if settings.tf_threads:
-        return ThreadPlan(settings.detect_workers or 1, settings.tf_threads, group)
-    # A Keras classifier on the CPU runs on TensorFlow's pools too: leave them whole.
-    keras_on_cpu = settings.backend.startswith("keras") and not gpu
-    workers = settings.detect_workers or (1 if keras_on_cpu else min(2, cpus))
-    _set_tensorflow_threads(max(1, cpus // workers), max(2, workers))
-    return ThreadPlan(workers, cpus, group)
-
-
-def _set_tensorflow_threads(intra: int, inter: int) -> None:
-    import tensorflow as tf
-
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(intra)
-        tf.config.threading.set_inter_op_parallelism_threads(inter)
-    except RuntimeError:  # TensorFlow already running in this process: keep its pools
-        pass
+        threads = settings.tf_threads
+        return ThreadPlan(settings.detect_workers or 1, threads, threads, group)
+    workers = settings.detect_workers or min(2, cpus)
+    return ThreadPlan(workers, max(1, cpus // workers), cpus, group)

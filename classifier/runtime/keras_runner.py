@@ -61,10 +61,13 @@ def has_gpu() -> bool:
     """Whether the active Keras backend sees a GPU (imports Keras and its backend)."""
     import keras
 
-    if keras.backend.backend() == "jax":
+    backend = keras.backend.backend()
+    if backend == "jax":
         import jax
 
         return any(device.platform == "gpu" for device in jax.devices())
-    import tensorflow as tf
+    if backend == "tensorflow":
+        import tensorflow as tf
 
-    return bool(tf.config.list_physical_devices("GPU"))
+        return bool(tf.config.list_physical_devices("GPU"))
+    return False  # other Keras backends are not served on a GPU here

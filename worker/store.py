@@ -8,9 +8,9 @@ still this token's, under row locks taken in id order, and a finished image
 is never written again.
 
 An owner is a Celery task id (distributed) or the job's embedded run. Its
-token adds a nonce per execution, so a retry can tell the claim that an
-infrastructure fault interrupted (re-taken free of charge: `refund`) from one
-whose worker died on it (re-taken at once, and charged an attempt).
+token adds a nonce per execution, so a retry can tell the claims that
+infrastructure faults interrupted (re-taken free of charge: `refunded`) from
+one whose worker died on it (re-taken at once, and charged an attempt).
 """
 
 import secrets
@@ -37,29 +37,34 @@ LEASE_MARGIN = timedelta(seconds=60)
 
 @dataclass(frozen=True)
 class Claimant:
-    """Who claims images (owner), for how long, and which claim of its own is refunded.
+    """Who claims images (owner), for how long, and which claims of its own are refunded.
 
-    `token` (owner/nonce) is this execution's; `refund` is the token of an
-    earlier execution of the same owner that an infrastructure fault stopped.
+    Each execution claims under its own token, owner/nonce. `refunded` holds
+    the nonces of earlier executions of the same owner that infrastructure
+    faults stopped: their claims are re-taken without counting an attempt.
     """
 
     owner: str
     lease: timedelta
     max_attempts: int
-    refund: str | None = None
-    token: str = field(default="")
+    refunded: tuple[str, ...] = ()
+    nonce: str = field(default_factory=lambda: secrets.token_hex(4))
 
     def __post_init__(self) -> None:
-        if not self.token:
-            object.__setattr__(self, "token", f"{self.owner}/{secrets.token_hex(4)}")
         if len(self.token) > 64:
             raise ValueError(f"claim owner too long: {self.owner!r}")
 
+    @property
+    def token(self) -> str:
+        return f"{self.owner}/{self.nonce}"
+
     @classmethod
-    def from_settings(cls, owner: str, settings: Settings, refund: str | None = None) -> "Claimant":
+    def from_settings(
+        cls, owner: str, settings: Settings, refunded: Sequence[str] = ()
+    ) -> "Claimant":
         """A lease of the task time limit plus LEASE_MARGIN: a live chunk never loses its images."""
         lease = timedelta(seconds=settings.task_time_limit) + LEASE_MARGIN
-        return cls(owner, lease, settings.max_attempts, refund)
+        return cls(owner, lease, settings.max_attempts, tuple(refunded))
 
     @classmethod
     def embedded(cls, job_id: int, max_attempts: int) -> "Claimant":
@@ -80,8 +85,10 @@ def _claimable(claimant: Claimant, now: datetime) -> ColumnElement[bool]:
 
 
 def _refunded(claimant: Claimant) -> ColumnElement[bool]:
-    """The rows of the claim that an infrastructure fault interrupted (never charged twice)."""
-    return false() if claimant.refund is None else Image.claimed_by == claimant.refund
+    """The rows of claims that infrastructure faults interrupted (never charged twice)."""
+    if not claimant.refunded:
+        return false()
+    return Image.claimed_by.in_([f"{claimant.owner}/{nonce}" for nonce in claimant.refunded])
 
 
 def _locked_ids(image_ids: Sequence[int], condition: ColumnElement[bool]):

@@ -89,18 +89,18 @@ def _warm_up(models: Any) -> None:
 
 @app.task(name=TASK_NAME, bind=True, max_retries=MAX_RETRIES)
 def process_chunk(
-    self: Any, job_id: int, image_ids: list[int], refund: str | None = None
+    self: Any, job_id: int, image_ids: list[int], refund: list[str] | None = None
 ) -> dict[str, int]:
     """Process one chunk of a job's images; the rows in the database are the result.
 
-    `refund` (set only on retries) names the claim that an infrastructure
-    fault interrupted, so that the retry re-takes those images uncharged.
+    `refund` (set only on retries) holds the nonces of this task's executions
+    that infrastructure faults stopped, so their claims are re-taken uncharged.
     """
     if not (
         isinstance(job_id, int)
         and isinstance(image_ids, list)
         and all(isinstance(i, int) for i in image_ids)
-        and (refund is None or isinstance(refund, str))
+        and (refund is None or all(isinstance(n, str) for n in refund))
     ):
         raise Reject(f"malformed chunk: job_id={job_id!r} image_ids={image_ids!r}", requeue=False)
     from worker.distributed import process_chunk as run_chunk
@@ -108,7 +108,7 @@ def process_chunk(
     from worker.store import Claimant
 
     state = load_process()
-    claimant = Claimant.from_settings(self.request.id, state.settings, refund)
+    claimant = Claimant.from_settings(self.request.id, state.settings, refund or ())
     started = time.perf_counter()
     try:
         if job_id not in state.stamped:
@@ -154,7 +154,9 @@ def _retry(
         task.request.retries + 1,
         countdown,
     )
-    refund = claimant.token if infrastructure else None
+    # Every execution stopped by the infrastructure stays refunded: a claim may have been
+    # made by any of them (one that failed before claiming left the earlier one's).
+    refund = [*claimant.refunded, claimant.nonce] if infrastructure else list(claimant.refunded)
     kwargs = {"job_id": job_id, "image_ids": image_ids, "refund": refund}
     try:
         return task.retry(exc=exc, countdown=countdown, kwargs=kwargs, throw=False)

@@ -86,13 +86,14 @@ def test_a_retry_after_an_infrastructure_fault_is_not_charged(job):
     sessions, _, ids = job
     first = Claimant("task-a", LEASE, max_attempts=1)
     take(sessions, ids, first)
-    # The retry names the interrupted claim: re-taken free, even at max_attempts.
-    retry = Claimant("task-a", LEASE, max_attempts=1, refund=first.token)
+    # A retry that failed before claiming anything: its successor refunds both executions.
+    failed_early = Claimant("task-a", LEASE, max_attempts=1, refunded=(first.nonce,))
+    retry = Claimant("task-a", LEASE, 1, refunded=(first.nonce, failed_early.nonce))
     assert not retried_before(sessions, ids, retry)
-    assert take(sessions, ids, retry) == ids
+    assert take(sessions, ids, retry) == ids  # re-taken free, even at max_attempts
     assert {(r.status, r.attempts) for r in rows(sessions).values()} == {(PENDING, 1)}
     # ... but if that retry's worker dies, its redelivery (same message, same refund) counts.
-    redelivered = Claimant("task-a", LEASE, max_attempts=1, refund=first.token)
+    redelivered = Claimant("task-a", LEASE, 1, refunded=retry.refunded)
     assert take(sessions, ids, redelivered) == []
     assert {(r.status, r.error_code) for r in rows(sessions).values()} == {(ERROR, "gave_up")}
 

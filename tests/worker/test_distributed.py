@@ -5,11 +5,15 @@ thread each) against a throwaway PostgreSQL database and the tests' private
 Redis database, and checks the rows that the job leaves behind.
 """
 
+import contextlib
 import os
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -123,10 +127,10 @@ def cluster(tmp_path: Path, model_path: Path, postgres_url: str, redis_url: str)
     started: list[WorkerProcess] = []
     open_database(postgres_url)  # workers never migrate; `facegender db upgrade` does
 
-    def start(name: str, **settings: str) -> WorkerProcess:
+    def start(name: str, db_url: str | None = None, **settings: str) -> WorkerProcess:
         env = {**os.environ, "FACEGENDER_MODEL": str(model_path), "FACEGENDER_BATCH_SIZE": "16"}
         env.update({f"FACEGENDER_{key.upper()}": str(value) for key, value in settings.items()})
-        worker = WorkerProcess(name, env, postgres_url, redis_url, tmp_path)
+        worker = WorkerProcess(name, env, db_url or postgres_url, redis_url, tmp_path)
         started.append(worker)
         return worker
 
@@ -431,3 +435,176 @@ def test_an_image_that_always_overruns_the_time_limit_becomes_an_error_row(
     assert (bad["status"], bad["error_code"], bad["attempts"]) == (ERROR, "gave_up", 2)
     assert all(row["status"] == DONE for row in rows.values())  # its chunk-mates too
     assert worker.text().count("Hard time limit (8s) exceeded") == 2
+
+
+SMALL_IMAGES, SMALL_CHUNK = 96, 8
+
+
+@pytest.fixture(scope="module")
+def small_folder(tmp_path_factory: pytest.TempPathFactory, utkface_files: list[Path]) -> Path:
+    """96 UTKFace images from across the set: twelve chunks, a minute on two shared cores."""
+    folder = tmp_path_factory.mktemp("small")
+    step = len(utkface_files) // SMALL_IMAGES
+    for path in utkface_files[step // 2 :: step][:SMALL_IMAGES]:
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def small_reference(small_folder: Path, model_path: Path, tmp_path_factory) -> dict[str, dict]:
+    """The embedded run of `small_folder` into its own SQLite database, batches = chunks."""
+    db_url = f"sqlite:///{tmp_path_factory.mktemp('small_reference') / 'run.db'}"
+    env = {"FACEGENDER_MODEL": str(model_path), "FACEGENDER_TF_THREADS": "1"}
+    out = cli(
+        "run", str(small_folder), "--db", db_url, "--batch-size", str(SMALL_CHUNK), env=env,
+        timeout=600,
+    )  # fmt: skip
+    return snapshot(db_url, int(out.split()[1].rstrip(":")))
+
+
+def assert_healthy_run(db_url: str, job_id: int, reference: dict[str, dict]) -> None:
+    """Every image done once, with one attempt (nothing charged twice), rows as embedded."""
+    rows = assert_exactly_once(db_url, job_id, SMALL_IMAGES)
+    assert {name: row["status"] for name, row in rows.items()} == {
+        name: ref["status"] for name, ref in reference.items()
+    }
+    assert not [name for name, row in rows.items() if row["error_code"] == "gave_up"]
+    assert {name: row["attempts"] for name, row in rows.items() if row["attempts"] != 1} == {}
+    assert_same_faces(rows, reference)
+
+
+def test_resume_while_chunks_are_queued_and_running_changes_nothing(
+    cluster, small_folder, small_reference, postgres_url, redis_url
+):
+    """Three `resume` calls mid-job; their duplicates meet running, queued and done chunks.
+
+    Duplicates go to a queue of their own, served by a third worker, so that they
+    are certainly processed while the originals are still queued or running.
+    """
+    from sqlalchemy import text
+
+    def resume(queue: str) -> int:
+        out = cli(
+            "resume", str(job_id), "--db", postgres_url, "--broker", redis_url,
+            "--chunk-size", str(SMALL_CHUNK), "--queue", queue,
+        )  # fmt: skip
+        return int(out.split(": ")[1].split()[0])
+
+    def claimed() -> int:
+        with engine.connect() as connection:
+            query = "SELECT count(*) FROM images WHERE claimed_by IS NOT NULL"
+            return connection.execute(text(query)).scalar_one()
+
+    job_id = enqueue(small_folder, postgres_url, redis_url, chunk=SMALL_CHUNK)
+    engine = make_engine(postgres_url)
+    # Faces cannot be written while this is held: a worker claims a chunk and waits in its
+    # store, so its chunk stays running (claimed, live lease) until the lock goes.
+    hold = engine.connect()
+    hold.execute(text("LOCK TABLE faces IN SHARE MODE"))
+    try:
+        workers = [cluster("r1"), cluster("r2"), cluster("dup", queue="duplicates")]
+        wait_for(lambda: claimed() >= 2 * SMALL_CHUNK, 180, "two running chunks", *workers)
+        # 1. Duplicates of every chunk: the first two are running on r1/r2 (skipped by the
+        #    third worker without an attempt); it takes the third, whose original is queued.
+        resumed = [resume("duplicates")]
+        wait_for(lambda: claimed() >= 3 * SMALL_CHUNK, 180, "a duplicate to run", *workers)
+        resumed.append(resume("facegender"))  # 2. behind the originals on the main queue
+    finally:
+        hold.rollback()
+        hold.close()
+    resumed.append(resume("duplicates"))  # 3. while the workers catch up
+    assert resumed[:2] == [SMALL_IMAGES, SMALL_IMAGES], resumed
+    wait_job_done(postgres_url, job_id, 300, *workers)
+    engine.dispose()
+    assert_healthy_run(postgres_url, job_id, small_reference)
+    skipped = f"{SMALL_CHUNK} images: 0 done, 0 errors, 0 faces, {SMALL_CHUNK} skipped"
+    assert workers[2].text().count(skipped) >= 2  # the duplicates of the running chunks
+    assert "Traceback" not in "".join(worker.text() for worker in workers)
+    print(f"\nresume sent {resumed} pending images again; rows as the embedded run")
+
+
+class FlakyProxy:
+    """A loopback TCP proxy to PostgreSQL that can drop every connection and refuse new ones.
+
+    The workers reach the database only through it, so an outage is theirs alone:
+    the machine's shared cluster (and the test's own checks) stay up.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.upstream = (host, port)
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.down_until = 0.0
+        self.links: set[socket.socket] = set()
+        self.lock = threading.Lock()
+        self.refused = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:  # closed
+                return
+            if time.monotonic() < self.down_until:
+                self.refused += 1
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                client.close()  # a reset, as from a server that is not there
+                continue
+            upstream = socket.create_connection(self.upstream)
+            with self.lock:
+                self.links |= {client, upstream}
+            for source, target in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(1 << 16):
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, target):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+            with self.lock:
+                self.links -= {source, target}
+
+    def outage(self, seconds: float) -> None:
+        """Drop every open connection now and refuse new ones for `seconds`."""
+        self.down_until = time.monotonic() + seconds
+        with self.lock:
+            links = list(self.links)
+        for link in links:
+            with contextlib.suppress(OSError):
+                link.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.server.close()
+        self.outage(0)
+
+
+def test_a_database_outage_mid_job_is_retried_and_charges_no_image(
+    cluster, small_folder, small_reference, postgres_url, redis_url
+):
+    from sqlalchemy.engine import make_url
+
+    url = make_url(postgres_url)
+    proxy = FlakyProxy(url.host or "127.0.0.1", url.port or 5432)
+    proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    try:
+        workers = [cluster("o1", db_url=proxied), cluster("o2", db_url=proxied)]
+        for worker in workers:
+            worker.wait_ready()
+        job_id = enqueue(small_folder, postgres_url, redis_url, chunk=SMALL_CHUNK)
+        wait_for(lambda: counts(postgres_url, job_id)[DONE] >= 12, 180, "12 images", *workers)
+        proxy.outage(20)
+        time.sleep(20)
+        assert counts(postgres_url, job_id)[PENDING] > 0, "the job finished during the outage"
+        assert proxy.refused > 0  # the workers did try to reach the database meanwhile
+        wait_job_done(postgres_url, job_id, 300, *workers)
+    finally:
+        proxy.close()
+    assert_healthy_run(postgres_url, job_id, small_reference)
+    logs = "".join(worker.text() for worker in workers)
+    assert "infrastructure, not charged" in logs

@@ -112,3 +112,32 @@ def models(model_path: Path):
     loaded = Models.from_settings(Settings(model_path=str(model_path)))
     loaded.load()
     return loaded
+
+
+@pytest.fixture(scope="session")
+def unprivileged(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """A command prefix that runs a process without the power to read every file.
+
+    As root (how CI runs), the process keeps uid 0 but loses the capabilities
+    that bypass file permissions (setpriv drops them from its bounding set),
+    so a mode-000 file or folder is unreadable to it as to any user, while
+    the interpreter, wherever it is installed, still runs. Checked on a real
+    mode-000 file before it is used.
+    """
+    if os.geteuid() != 0:
+        return []
+    prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+    import subprocess
+    import sys
+
+    locked = tmp_path_factory.mktemp("probe") / "locked"
+    locked.write_text("secret")
+    locked.chmod(0)
+    probe = subprocess.run(
+        [*prefix, sys.executable, "-c", f"open({str(locked)!r}).read()"],
+        capture_output=True,
+        text=True,
+    )
+    if "PermissionError" not in probe.stderr:
+        unavailable(f"cannot drop root's file capabilities here: {probe.stderr.strip()[-200:]}")
+    return prefix

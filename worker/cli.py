@@ -153,6 +153,7 @@ def run(folder: Path, db_url: str, model_path: str | None, batch_size: int | Non
     """
     from worker.embedded import open_job, run_job
     from worker.jobs import finished_count
+    from worker.results import job_statuses
 
     models, settings = _models(model_path, batch_size)
     sessions = _open(db_url)
@@ -182,9 +183,10 @@ def run(folder: Path, db_url: str, model_path: str | None, batch_size: int | Non
                 )
             except KeyboardInterrupt:  # a second Ctrl-C: the transaction in flight rolled back
                 done = False
+        finished, registered = finished_count(sessions, job_id)
+        progress.update(task, total=registered, completed=finished)
     elapsed = time.perf_counter() - started
     if not done:
-        finished, registered = finished_count(sessions, job_id)
         again = f"run `facegender run {shlex.quote(str(folder))}` again to continue it"
         if stop.is_set():
             raise Interrupted(
@@ -194,9 +196,11 @@ def run(folder: Path, db_url: str, model_path: str | None, batch_size: int | Non
         raise click.ClickException(
             f"job {job_id} is not finished ({finished} of {registered}); {again}"
         )
+    (job,) = job_statuses(sessions, job_id)
+    processed = totals.done + totals.errors
     click.echo(
-        f"job {job_id}: {totals.done} done, {totals.errors} errors, {totals.faces} faces "
-        f"in {elapsed:.1f}s ({(totals.done + totals.errors) / max(elapsed, 1e-9):.1f} images/s) "
+        f"job {job_id}: {job.done} done, {job.error} errors, {job.faces} faces; this run "
+        f"{processed} images in {elapsed:.1f}s ({processed / max(elapsed, 1e-9):.1f} images/s) "
         f"model {models.classifier.version}"
     )
 

@@ -31,7 +31,8 @@ def job_rate(
     created = _aware(status.created_at)
     finished = status.total - status.pending
     if status.pending == 0:
-        end = _aware(status.finished_at or status.last_processed_at) or now
+        last = status.finished_at or status.last_processed_at
+        end = _aware(last) if last else now
         elapsed = (end - created).total_seconds()
         return Rate(finished / elapsed if finished and elapsed > 0 else None, 0.0)
     start = max(created, now - timedelta(seconds=window_s))
@@ -46,11 +47,9 @@ def job_rate(
     return Rate(per_second, status.pending / per_second)
 
 
-def _aware(moment: datetime | None) -> datetime | None:
+def _aware(moment: datetime) -> datetime:
     """SQLite hands back naive datetimes; they were written in UTC."""
-    if moment is not None and moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
 def format_eta(seconds: float | None) -> str:

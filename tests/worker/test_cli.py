@@ -168,3 +168,15 @@ def test_annotate_job_keeps_the_folder_structure(finished_job, tmp_path):
         assert (np.abs(copy - original).max(axis=2) > 100).mean() > 0.01  # a box and a label
         drawn[sub] = copy
     assert np.abs(drawn["a"] - drawn["b"]).mean() > 10  # two different photos, both kept
+
+
+def test_annotate_one_image_and_a_broken_one(utkface_files, tmp_path):
+    image = tmp_path / "face.jpg"
+    shutil.copy(utkface_files[43], image)
+    result = _cli("annotate", str(image), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 0 and "1 faces" in result.stdout, result.output
+    drawn = PILImage.open(tmp_path / "out" / "face.jpg.annotated.jpg")
+    assert drawn.size == PILImage.open(image).size
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really")
+    _user_error(_cli("annotate", str(broken), "--out", str(tmp_path / "out")), "broken.jpg")

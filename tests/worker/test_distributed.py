@@ -507,7 +507,8 @@ def test_resume_while_chunks_are_queued_and_running_changes_nothing(
         # 1. Duplicates of every chunk: the first two are running on r1/r2 (skipped by the
         #    third worker without an attempt); it takes the third, whose original is queued.
         resumed = [resume("duplicates")]
-        wait_for(lambda: claimed() >= 3 * SMALL_CHUNK, 180, "a duplicate to run", *workers)
+        # (A duplicate that stole a running chunk instead would wait in its store too.)
+        wait_for(lambda: claimed() >= 3 * SMALL_CHUNK, 60, "a duplicate to run", *workers)
         resumed.append(resume("facegender"))  # 2. behind the originals on the main queue
     finally:
         hold.rollback()

@@ -67,10 +67,11 @@ def test_port_matches_dlib_on_real_faces(
     assert np.median(distances) > 0.6
 
 
-def test_aligned_crop_lands_on_dlibs_chip(
+@pytest.fixture(scope="module")
+def aligned(
     dlib_faces: list[tuple[np.ndarray, np.ndarray]], dlib_descriptors: np.ndarray
-) -> None:
-    """Our MTCNN crop through the fixed crop+resize stays the same face for dlib (L2 < 0.6)."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Our MTCNN-aligned 224 crops of the faces, with dlib's descriptors of its own chips."""
     from classifier.training.crops import main_face
     from detector import FaceDetector, align_face
 
@@ -82,12 +83,46 @@ def test_aligned_crop_lands_on_dlibs_chip(
             crops.append(align_face(image, face.landmarks))
             wanted.append(descriptor)
     assert len(crops) >= FACES - 2
-    ours = np.asarray(
-        dlib_resnet_on_aligned().predict(np.stack(crops).astype(np.float32), verbose=0)
-    )
-    distances = np.linalg.norm(ours - np.stack(wanted), axis=1)
+    return np.stack(crops), np.stack(wanted)
+
+
+def test_aligned_crop_lands_on_dlibs_chip(aligned: tuple[np.ndarray, np.ndarray]) -> None:
+    """Our crop through the fixed crop+resize stays the same face for dlib (same person < 0.6)."""
+    crops, wanted = aligned
+    ours = np.asarray(dlib_resnet_on_aligned().predict(crops.astype(np.float32), verbose=0))
+    distances = np.linalg.norm(ours - wanted, axis=1)
     assert np.median(distances) < 0.2
     assert distances.max() < 0.4
+
+
+def test_teacher_embeddings_are_computed_once(
+    aligned: tuple[np.ndarray, np.ndarray], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from classifier.training.crops import CropSet
+    from classifier.training.teacher import load_or_compute, teacher_root
+
+    monkeypatch.setenv("FACEGENDER_CACHE", str(tmp_path))
+    crops = np.concatenate([aligned[0][:3], np.zeros((1, 224, 224, 3), np.uint8)])
+    cropset = CropSet(
+        paths=[Path(f"face{i}.jpg") for i in range(4)],
+        crops=crops,
+        found=np.array([True, True, True, False]),
+        face_counts=np.array([1, 1, 1, 0]),
+    )
+    first = load_or_compute(cropset, batch_size=2)
+    (stored,) = teacher_root().glob("*.npz")
+    mtime = stored.stat().st_mtime_ns
+    again = load_or_compute(cropset)
+    assert stored.stat().st_mtime_ns == mtime  # read back, not recomputed
+    np.testing.assert_array_equal(again.embeddings, first.embeddings)
+    distances = np.linalg.norm(first.embeddings[:3] - aligned[1][:3], axis=1)
+    assert distances.max() < 0.4  # the same faces as dlib's own descriptors
+    assert np.all(first.embeddings[3] == 0) and np.all(first.mirrored[3] == 0)
+    mirror_shift = np.linalg.norm(first.mirrored[:3] - first.embeddings[:3], axis=1)
+    assert np.all(mirror_shift > 1e-3) and np.all(mirror_shift < 0.6)  # mirrored, same person
+    cropset.crops[0, 0, 0] += 1  # any pixel change is a new teacher file
+    load_or_compute(cropset)
+    assert len(list(teacher_root().glob("*.npz"))) == 2
 
 
 def test_reader_refuses_a_network_that_differs() -> None:

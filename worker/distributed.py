@@ -89,13 +89,14 @@ def reset_transient_errors(sessions: sessionmaker[Session], job_id: int) -> int:
                 claimed_at=None,
                 processed_at=None,
             )
+            .returning(Image.id)
             .execution_options(synchronize_session=False)
-        ).rowcount
+        ).all()
         if reset:
             session.execute(
                 update(Job).where(Job.id == job_id).values(status=RUNNING, finished_at=None)
             )
-    return reset
+    return len(reset)
 
 
 def _send_pending(sessions: sessionmaker[Session], job_id: int, chunk_size: int, send: Send) -> int:

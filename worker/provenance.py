@@ -89,7 +89,8 @@ def record(sessions: sessionmaker[Session], job_id: int, provenance: Provenance)
             update(Job)
             .where(Job.id == job_id, Job.model_version.is_(None))
             .values(**provenance.columns())
-        ).rowcount
+            .returning(Job.id)
+        ).first()
         job = session.get(Job, job_id)
         first = Provenance.of_job(job) if job is not None and not stamped else None
     if first is None:

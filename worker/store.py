@@ -205,7 +205,7 @@ def store(
     report: BatchReport,
 ) -> None:
     """One transaction: faces and final status of every image still claimed by this token."""
-    by_work: dict[int, list[tuple[int, object]]] = defaultdict(list)
+    by_work: dict[int, list[tuple[int, Prediction]]] = defaultdict(list)
     for (index, face_index), prediction in zip(owners, predictions, strict=True):
         by_work[index].append((face_index, prediction))
     with sessions.begin() as session:
@@ -240,15 +240,15 @@ def store(
             row.status, row.face_count = DONE, len(item.faces)
             report.done += 1
             for face_index, prediction in by_work[index]:
-                face_rows.append(
-                    face_row(item, face_index, prediction, model_version)  # type: ignore[arg-type]
-                )
+                face_rows.append(face_row(item, face_index, prediction, model_version))
         if face_rows:
             session.execute(insert(FaceRow), face_rows)
         report.faces += len(face_rows)
 
 
-def face_row(item: WorkItem, face_index: int, prediction, model_version: str) -> dict[str, object]:
+def face_row(
+    item: WorkItem, face_index: int, prediction: Prediction, model_version: str
+) -> dict[str, object]:
     face = item.faces[face_index]
     x, y, w, h = face.box
     row: dict[str, object] = {

@@ -127,7 +127,7 @@ def _models(model_path: str | None, batch_size: int | None = None):
     from worker.runtime import configure_tensorflow
 
     settings = Settings()
-    overrides = {"model_path": model_path or settings.model_path}
+    overrides: dict[str, Any] = {"model_path": model_path or settings.model_path}
     if batch_size:
         overrides["batch_size"] = batch_size
     settings = Settings(**{**settings.__dict__, **overrides})

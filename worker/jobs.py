@@ -16,7 +16,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.db import CANCELLED, DONE, ERROR, PENDING, RUNNING, Image, Job, utcnow
-from worker.scan import Entry, os_path, scan, text_form
+from worker.scan import Entry, scan, text_form
 
 SCAN_BATCH = 1000
 _INSERTS: dict[str, Callable[[Any], Any]] = {
@@ -28,11 +28,6 @@ _INSERTS: dict[str, Callable[[Any], Any]] = {
 def root_text(root: Path) -> str:
     """The text a job's root is stored (and found again) by."""
     return text_form(bytes(root.resolve()))[0]
-
-
-def image_os_path(row: Image) -> str:
-    """The path to open for an image row (its raw bytes when the name is not UTF-8)."""
-    return os_path(row.path, row.path_raw)
 
 
 def new_job(sessions: sessionmaker[Session], root: Path) -> int:

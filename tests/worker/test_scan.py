@@ -98,7 +98,7 @@ def test_registering_a_large_tree_takes_constant_memory(sqlite_url, tmp_path: Pa
     finally:
         tracemalloc.stop()
     slope = (peaks[100_000] - peaks[20_000]) / 80_000
-    print(f"traced peak {peaks[20_000]:,} B at 20k, {peaks[100_000]:,} B at 100k: {slope:.2f} B/file")
+    print(f"traced peak {peaks[20_000]:,} B at 20k, {peaks[100_000]:,} B at 100k: {slope:.2f} B/f")
     # Keeping even the paths would cost ~100 B per file (8 MB over these 80,000 files).
     assert slope < 2.0
     with sessions() as session:

@@ -25,6 +25,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from pillow_heif import register_heif_opener
+
+# HEIC/HEIF (iPhone photos) decode through libheif; AVIF through Pillow's own plugin.
+register_heif_opener()
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif"}
 
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MAX_BYTES = 200 * 1024 * 1024
@@ -95,6 +100,12 @@ def decode_image(
     except Image.DecompressionBombError as exc:
         raise ImageLoadError("too_large", str(exc)) from exc
     except UnidentifiedImageError as exc:
+        if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:
+            raise ImageLoadError(
+                "corrupt",
+                f"cannot decode this HEIF/AVIF file ({data[8:12].decode()}): truncated, "
+                "damaged, or in a codec this installation lacks",
+            ) from exc
         raise ImageLoadError("not_an_image", "not a recognised image format") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"

@@ -20,7 +20,9 @@ frm = pytest.importorskip(
 )
 
 from classifier.training.dlib_resnet import (  # noqa: E402 (after the skips)
+    ALIGNED_TO_CHIP,
     DLIB_RESNET_OPS,
+    bilinear_matrix,
     dlib_resnet,
     dlib_resnet_on_aligned,
     face_recognition_model_path,
@@ -93,6 +95,19 @@ def test_aligned_crop_lands_on_dlibs_chip(aligned: tuple[np.ndarray, np.ndarray]
     distances = np.linalg.norm(ours - wanted, axis=1)
     assert np.median(distances) < 0.2
     assert distances.max() < 0.4
+
+
+def test_crop_to_chip_matrices_resize_like_opencv(aligned: tuple[np.ndarray, np.ndarray]) -> None:
+    import cv2
+
+    top, left, side = ALIGNED_TO_CHIP
+    crop = aligned[0][0].astype(np.float32)
+    wanted = cv2.resize(
+        crop[top : top + side, left : left + side], (150, 150), interpolation=cv2.INTER_LINEAR
+    )
+    rows, cols = bilinear_matrix(top, side, 150, 224), bilinear_matrix(left, side, 150, 224)
+    ours = np.einsum("hwc,hi,wj->ijc", crop, rows, cols)
+    assert np.abs(ours - wanted).max() < 1e-3
 
 
 def test_teacher_embeddings_are_computed_once(

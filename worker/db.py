@@ -57,6 +57,9 @@ class Job(Base):
     detector_settings: Mapped[str | None] = mapped_column(Text)
     runtime: Mapped[str | None] = mapped_column(Text)
     package_version: Mapped[str | None] = mapped_column(String(32))
+    # The unsure thresholds in force for this job (see migration 0003).
+    unsure_below: Mapped[float | None] = mapped_column(Float)
+    min_eye_distance: Mapped[float | None] = mapped_column(Float)
 
 
 class Image(Base):
@@ -66,6 +69,7 @@ class Image(Base):
     __table_args__ = (
         UniqueConstraint("job_id", "path", name="uq_images_job_path"),
         Index("ix_images_job_status", "job_id", "status"),
+        Index("ix_images_sha256", "sha256"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -92,9 +96,12 @@ class Face(Base):
 
     __tablename__ = "faces"
     __table_args__ = (
-        UniqueConstraint("image_id", "face_index", name="uq_faces_image_index"),
+        UniqueConstraint(
+            "image_id", "model_version", "face_index", name="uq_faces_image_model_index"
+        ),
         Index("ix_faces_job_gender", "job_id", "gender", "confidence"),
         Index("ix_faces_image", "image_id"),
+        Index("ix_faces_confidence", "confidence", "id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -119,6 +126,9 @@ class Face(Base):
     gender: Mapped[str] = mapped_column(String(8))
     confidence: Mapped[float] = mapped_column(Float)
     model_version: Mapped[str] = mapped_column(String(64))
+    # Under the model's confidence threshold, or too small to judge (see migration 0003).
+    unsure: Mapped[bool] = mapped_column(Boolean, default=False)
+    p_female: Mapped[float | None] = mapped_column(Float)
 
 
 def make_engine(url: str) -> Engine:

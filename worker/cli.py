@@ -58,6 +58,12 @@ queue_option = click.option(
     show_default="$FACEGENDER_QUEUE or facegender",
     help="Broker queue the chunks go to.",
 )
+no_reuse_option = click.option(
+    "--no-reuse",
+    is_flag=True,
+    help="Detect and classify every image, even one whose content already has rows "
+    "from the same model and detector settings (which are copied otherwise).",
+)
 stderr = Console(stderr=True)
 
 
@@ -144,7 +150,10 @@ def _models(model_path: str | None, batch_size: int | None = None):
 @db_option
 @model_option
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Images per batch.")
-def run(folder: Path, db_url: str, model_path: str | None, batch_size: int | None) -> None:
+@no_reuse_option
+def run(
+    folder: Path, db_url: str, model_path: str | None, batch_size: int | None, no_reuse: bool
+) -> None:
     """Process FOLDER in this process and store the results (no servers needed).
 
     If this database holds an unfinished job for FOLDER (stopped by Ctrl-C or
@@ -180,6 +189,7 @@ def run(folder: Path, db_url: str, model_path: str | None, batch_size: int | Non
                     on_batch=lambda _report, count: progress.advance(task, count),
                     on_registered=lambda count: progress.update(task, total=count),
                     stop=stop,
+                    reuse=not no_reuse,
                 )
             except KeyboardInterrupt:  # a second Ctrl-C: the transaction in flight rolled back
                 done = False
@@ -231,6 +241,75 @@ def _progress() -> Progress:
         TimeRemainingColumn(),
         console=stderr,
         transient=False,
+    )
+
+
+@main.command()
+@click.argument("job_id", type=int)
+@db_option
+@model_option
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option(
+    "--distributed", is_flag=True, help="Queue the work in chunks for `facegender worker`s."
+)
+@broker_option
+@chunk_size_option
+@queue_option
+def reclassify(
+    job_id: int,
+    db_url: str,
+    model_path: str | None,
+    batch_size: int,
+    distributed: bool,
+    broker_url: str,
+    chunk_size: int,
+    queue: str,
+) -> None:
+    """Classify JOB_ID's faces again with a model, from their stored landmarks (no detector).
+
+    The new rows go next to the old ones under the new model version;
+    `results` shows each image's newest. Run it again after an interruption:
+    images with rows of the model are skipped. A file whose content changed
+    since detection becomes an error row (code `changed`).
+    """
+    from classifier import GenderClassifier, ModelNotFoundError
+    from worker.reclassify import reclassify_job, todo_ids
+
+    settings = Settings()
+    model = model_path or settings.model_path
+    sessions = _open(db_url)
+    try:
+        classifier = GenderClassifier(
+            model, batch_size=settings.classify_batch_size, backend=settings.backend
+        )
+        version = classifier.version
+    except ModelNotFoundError as exc:
+        raise click.ClickException(str(exc)) from exc
+    ids = todo_ids(sessions, job_id, version)
+    if distributed:
+        from worker.distributed import chunked
+        from worker.reclassify_task import reclassify_sender
+
+        _celery(broker_url, queue)
+        with reclassify_sender(queue, str(Path(model).absolute()) if model else None) as send:
+            for chunk in chunked(ids, chunk_size):
+                send(job_id, chunk)
+        click.echo(f"job {job_id}: {len(ids)} images queued for reclassify by model {version}")
+        return
+    started = time.perf_counter()
+    with _progress() as progress:
+        task = progress.add_task("images", total=len(ids))
+        report = reclassify_job(
+            sessions,
+            job_id,
+            classifier,
+            batch_size,
+            on_batch=lambda r: progress.advance(task, r.images + r.errors + r.skipped),
+        )
+    click.echo(
+        f"job {job_id}: {report.images} images, {report.faces} faces reclassified by model "
+        f"{version}, {report.errors} errors (changed or unreadable) in "
+        f"{time.perf_counter() - started:.1f}s"
     )
 
 
@@ -424,6 +503,30 @@ def _annotate_job(job_id: int, out: Path, db_url: str, draw_faces, save_rgb) -> 
     click.echo(f"wrote {written} annotated images to {out}")
 
 
+@main.command()
+@db_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0: any free."
+)
+@click.option("--threads", type=click.IntRange(1), default=4, show_default=True)
+def serve(db_url: str, host: str, port: int, threads: int) -> None:
+    """Browse results in a web browser: jobs, a face gallery, images, exports (read-only)."""
+    from waitress import create_server
+
+    from worker.web import create_app
+
+    server = create_server(create_app(_read(db_url)), host=host, port=port, threads=threads)
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"serving http://{shown}:{server.effective_port}/ (Ctrl-C to stop)")
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+
+
 @main.group()
 def db() -> None:
     """Database maintenance."""
@@ -510,6 +613,69 @@ def resume(
     if errors:
         stderr.print(f"job {job_id}: {reset} error rows with a transient cause made pending")
     click.echo(f"job {job_id}: {count} pending images queued again on {queue!r}")
+
+
+@main.command()
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@db_option
+def jobs(fmt: str, db_url: str) -> None:
+    """Every job, newest first: root, status, images done/error/pending, faces, created."""
+    import json
+
+    from worker.results import job_statuses, status_json
+
+    statuses = job_statuses(_read(db_url))
+    if fmt == "json":
+        click.echo(json.dumps([status_json(s) for s in statuses], indent=2))
+        return
+    click.echo(
+        f"{'job':>5}  {'status':<9}  {'done':>7}  {'error':>6}  {'pending':>7}  "
+        f"{'faces':>7}  {'created':<16}  root"
+    )
+    for s in statuses:
+        click.echo(
+            f"{s.job_id:>5}  {s.status:<9}  {s.done:>7}  {s.error:>6}  {s.pending:>7}  "
+            f"{s.faces:>7}  {s.created_at:%Y-%m-%d %H:%M}  {s.root}"
+        )
+
+
+@main.command()
+@click.argument("job_id", type=int)
+@db_option
+def cancel(job_id: int, db_url: str) -> None:
+    """Stop JOB_ID: workers skip its queued chunks, a `run` of it stops after its batch."""
+    from worker.jobs import JobStateError, cancel_job
+
+    try:
+        pending = cancel_job(_open(db_url), job_id)
+    except (LookupError, JobStateError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"job {job_id} cancelled; {pending} pending images will not be processed")
+
+
+@main.command()
+@click.argument("job_id", type=int)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@db_option
+def delete(job_id: int, yes: bool, db_url: str) -> None:
+    """Delete JOB_ID with all its image and face rows (one transaction; files are untouched)."""
+    from worker.jobs import JobStateError, delete_job
+    from worker.results import job_statuses
+
+    sessions = _open(db_url)
+    found = job_statuses(sessions, job_id)
+    if not found:
+        raise click.ClickException(f"no job {job_id}")
+    (job,) = found
+    if not yes:
+        click.confirm(
+            f"delete job {job_id} ({job.root}): {job.total} images, {job.faces} faces?", abort=True
+        )
+    try:
+        images, faces = delete_job(sessions, job_id)
+    except (LookupError, JobStateError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"job {job_id} deleted: {images} image rows, {faces} face rows")
 
 
 @main.command()

@@ -22,6 +22,7 @@ class BatchReport:
     errors: int = 0
     faces: int = 0
     skipped: int = 0
+    reused: int = 0  # of `done`: rows copied from an identical file (worker.reuse)
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
     def add(self, other: "BatchReport") -> None:
@@ -30,6 +31,7 @@ class BatchReport:
         self.errors += other.errors
         self.faces += other.faces
         self.skipped += other.skipped
+        self.reused += other.reused
         for stage, seconds in other.seconds.items():
             self.seconds[stage] += seconds
 

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from worker.batch import BatchReport
 from worker.jobs import (
     finish_if_complete,
+    is_cancelled,
     mark_running,
     new_job,
     pending_after,
@@ -47,11 +48,14 @@ def run_job(
     on_batch: Callable[[BatchReport, int], None] | None = None,
     on_registered: Callable[[int], None] | None = None,
     stop: threading.Event | None = None,
+    reuse: bool = True,
 ) -> tuple[BatchReport, bool]:
     """Scan `root` into the job while processing its pending images; (totals, job done).
 
     When `stop` is set, no new batch starts: the batches in flight are
-    finished and stored, and the rest stays pending for the next run.
+    finished and stored, and the rest stays pending for the next run. A job
+    cancelled meanwhile (`facegender cancel`, any shell) stops the same way.
+    `reuse` copies the rows of files already done elsewhere (worker.reuse).
     """
     mark_running(sessions, job_id)
     stamp(sessions, job_id, models)  # what makes this job's rows (first run wins)
@@ -59,7 +63,7 @@ def run_job(
     batches = _batches(sessions, job_id, root, batch_size, sizes, on_registered, stop)
     totals = BatchReport()
     claimant = Claimant.embedded(job_id, max_attempts)
-    for report in process_batches(sessions, batches, models, claimant):
+    for report in process_batches(sessions, batches, models, claimant, reuse):
         totals.add(report)
         count = sizes.popleft()
         if on_batch:
@@ -97,7 +101,7 @@ def _batches(
     """
     scanning: Iterator[int] | None = register(sessions, job_id, root)
     after = 0
-    while not (stop and stop.is_set()):
+    while not (stop and stop.is_set()) and not is_cancelled(sessions, job_id):
         ids = pending_after(sessions, job_id, after, size)
         if len(ids) < size and scanning is not None:
             count = next(scanning, None)

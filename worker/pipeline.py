@@ -34,12 +34,15 @@ import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from classifier import GenderClassifier, Prediction
+from classifier.runtime.unsure import UnsureRule
 from detector import DetectorSettings, Face, FaceDetector, align_face
 from detector.loading import ImageLoadError, load_image
 from worker.batch import BatchReport, WorkItem
 from worker.bounded import Aborted, Channel, PixelBudget
 from worker.config import Settings
 from worker.faults import is_infrastructure, is_out_of_memory
+from worker.reuse import ReuseKey
+from worker.reuse import reuse as reuse_rows
 from worker.runtime import plan_threads
 from worker.store import Claimant, claim, store
 
@@ -93,6 +96,8 @@ class Models:
     classifier: GenderClassifier
     detect_workers: int = 1
     detect_group: int = 16
+    # Flags faces of jobs that have no thresholds recorded yet (see worker.jobs.job_unsure_rule).
+    unsure: UnsureRule = UnsureRule()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Models":
@@ -107,7 +112,10 @@ class Models:
             backend=settings.backend,
             threads=plan.classifier_threads,
         )
-        return cls(detector, classifier, plan.detect_workers, plan.detect_group)
+        unsure = classifier.metadata.unsure.overridden(
+            settings.unsure_below, settings.min_eye_distance
+        )
+        return cls(detector, classifier, plan.detect_workers, plan.detect_group, unsure)
 
     def load(self) -> None:
         self.detector.load()
@@ -119,9 +127,10 @@ def process_images(
     image_ids: Sequence[int],
     models: Models,
     claimant: Claimant,
+    reuse: bool = True,
 ) -> BatchReport:
     """Process the images among `image_ids` that `claimant` can claim; store their results."""
-    (report,) = process_batches(sessions, [image_ids], models, claimant)
+    (report,) = process_batches(sessions, [image_ids], models, claimant, reuse)
     return report
 
 
@@ -130,14 +139,18 @@ def process_batches(
     batches: Iterable[Sequence[int]],
     models: Models,
     claimant: Claimant,
+    reuse: bool = True,
 ) -> Iterator[BatchReport]:
     """`process_images` on each batch in turn, yielding each report once it is stored.
 
     Each batch is claimed in one transaction and stored in one, as by
     `process_images`; batch k+1 is claimed while batch k is still in the
     stages, so that they never run dry between batches. (A crash then leaves
-    both batches pending with one more attempt counted.)
+    both batches pending with one more attempt counted.) With `reuse`, claimed
+    images with the content of an image already done under the same model and
+    settings get its rows copied instead (worker.reuse).
     """
+    key = ReuseKey.of(models) if reuse else None
     with _Stages(models) as stages:
         in_flight: list[_Batch] = []
         for image_ids in batches:
@@ -145,6 +158,10 @@ def process_batches(
             clock = time.perf_counter()
             batch.work = claim(sessions, image_ids, claimant, batch.report)
             batch.report.seconds["db"] += time.perf_counter() - clock
+            if key is not None:
+                clock = time.perf_counter()
+                batch.work = reuse_rows(sessions, batch.work, key, claimant, batch.report)
+                batch.report.seconds["reuse"] += time.perf_counter() - clock
             batch.started = time.perf_counter()
             stages.submit(batch)
             in_flight.append(batch)
@@ -198,6 +215,7 @@ def _store(
             models.classifier.version,
             claimant,
             batch.report,
+            unsure=models.unsure,
         )
         batch.report.seconds["db"] += time.perf_counter() - clock
     return batch.report

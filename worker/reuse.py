@@ -1,0 +1,161 @@
+"""Content-addressed reuse: copy the rows of an identical file instead of working on it again.
+
+A claimed image whose file's sha256 matches a done image of any job whose
+rows were made by the same model version, backend and detector settings
+(the job's provenance, see worker.provenance) gets that image's face rows
+(and its sha256, size and face count) copied, in one transaction per batch,
+instead of being decoded, detected and classified. Hashing reads the file
+once; everything else only for the images left over.
+
+Only rows of the job's own stamped model version are reused: rows that a
+`reclassify` added under another model version are not (their job's
+backend and settings describe the detection, not that classifier).
+"""
+
+import hashlib
+import json
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import and_, insert, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from worker.batch import BatchReport, WorkItem
+from worker.db import DONE, PENDING, Face, Image, Job, utcnow
+from worker.store import Claimant
+
+_HASH_THREADS = 4
+_READ = 1 << 20
+# Face columns that describe the face and its answer; the rest say where it is stored.
+_COPIED = [c.name for c in Face.__table__.columns if c.name not in ("id", "job_id", "image_id")]
+
+
+@dataclass(frozen=True)
+class ReuseKey:
+    """What must be equal for rows to be reused: model version, backend, detector settings."""
+
+    model_version: str
+    backend: str
+    detector_settings: str  # as stored on the job: JSON with sorted keys
+
+    @classmethod
+    def of(cls, models: Any) -> "ReuseKey":
+        """The key of loaded `models` (worker.pipeline.Models), as `provenance.describe` has it."""
+        settings = json.dumps(asdict(models.detector.settings), sort_keys=True)
+        return cls(models.classifier.version, models.classifier.backend_used or "", settings)
+
+
+def file_sha256(path: str) -> str | None:
+    """The file's sha256 as `load_image` computes it; None if it cannot be read."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as file:
+            while chunk := file.read(_READ):
+                digest.update(chunk)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def reuse(
+    sessions: sessionmaker[Session],
+    work: list[WorkItem],
+    key: ReuseKey,
+    claimant: Claimant,
+    report: BatchReport,
+) -> list[WorkItem]:
+    """Store the reusable items of `work` (copied rows); returns the items still to process."""
+    if not work:
+        return work
+    with ThreadPoolExecutor(min(_HASH_THREADS, len(work))) as pool:
+        hashes = list(pool.map(file_sha256, [item.path for item in work]))
+    known = {h for h in hashes if h is not None}
+    if not known:
+        return work
+    with sessions.begin() as session:
+        sources = _sources(session, sorted(known), key)
+        if not sources:
+            return work
+        copied = [(item, sources[h]) for item, h in zip(work, hashes, strict=True) if h in sources]
+        mine = set(
+            session.scalars(
+                select(Image.id)
+                .where(
+                    Image.id.in_([item.image_id for item, _ in copied]),
+                    Image.status == PENDING,
+                    Image.claimed_by == claimant.token,
+                )
+                .order_by(Image.id)
+                .with_for_update()
+            )
+        )
+        _copy(session, [(item, source) for item, source in copied if item.image_id in mine])
+    report.done += len(mine)
+    report.reused += len(mine)
+    report.faces += sum(source.face_count for item, source in copied if item.image_id in mine)
+    taken = {item.image_id for item, _ in copied}
+    report.skipped += len(taken - mine)
+    return [item for item in work if item.image_id not in taken]
+
+
+@dataclass(frozen=True)
+class _Source:
+    """A done image whose rows can be copied: its facts and its face rows (column -> value)."""
+
+    sha256: str
+    width: int | None
+    height: int | None
+    face_count: int
+    faces: list[dict[str, object]]
+
+
+def _sources(session: Session, hashes: Sequence[str], key: ReuseKey) -> dict[str, _Source]:
+    """sha256 -> the newest done image with that content and complete rows made under `key`."""
+    images = session.execute(
+        select(Image.id, Image.sha256, Image.width, Image.height, Image.face_count)
+        .join(Job, Job.id == Image.job_id)
+        .where(
+            Image.sha256.in_(hashes),
+            Image.status == DONE,
+            Job.model_version == key.model_version,
+            Job.backend == key.backend,
+            Job.detector_settings == key.detector_settings,
+        )
+        .order_by(Image.id.desc())
+    ).all()
+    newest: dict[str, tuple] = {}
+    for row in images:
+        newest.setdefault(row.sha256, row)
+    ids = [row.id for row in newest.values()]
+    faces: dict[int, list[dict[str, object]]] = {i: [] for i in ids}
+    if ids:
+        columns = [Face.image_id, *(getattr(Face, name) for name in _COPIED)]
+        for row in session.execute(
+            select(*columns)
+            .where(and_(Face.image_id.in_(ids), Face.model_version == key.model_version))
+            .order_by(Face.image_id, Face.face_index)
+        ):
+            faces[row[0]].append(dict(zip(_COPIED, row[1:], strict=True)))
+    return {
+        sha: _Source(sha, row.width, row.height, row.face_count or 0, faces[row.id])
+        for sha, row in newest.items()
+        if len(faces[row.id]) == (row.face_count or 0)  # complete: never a partial copy
+    }
+
+
+def _copy(session: Session, copies: list[tuple[WorkItem, _Source]]) -> None:
+    """Mark the items done with their source's facts and insert copies of its face rows."""
+    now = utcnow()
+    ids = [item.image_id for item, _ in copies]
+    rows = {row.id: row for row in session.scalars(select(Image).where(Image.id.in_(ids)))}
+    face_rows = []
+    for item, source in copies:
+        row = rows[item.image_id]
+        row.status, row.face_count, row.processed_at = DONE, source.face_count, now
+        row.sha256, row.width, row.height = source.sha256, source.width, source.height
+        for face in source.faces:
+            face_rows.append({**face, "job_id": item.job_id, "image_id": item.image_id})
+    if face_rows:
+        session.execute(insert(Face), face_rows)

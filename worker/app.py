@@ -75,5 +75,5 @@ def configure(settings: Settings) -> Celery:
     return app
 
 
-app = Celery("facegender", include=["worker.tasks"])
+app = Celery("facegender", include=["worker.tasks", "worker.reclassify_task"])
 app.conf.update(celery_config(Settings()))

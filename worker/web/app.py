@@ -19,6 +19,7 @@ from worker.web import pictures, queries
 from worker.web.filters import UNSURE_CHOICES, BadFilter, Filters, Key
 
 PAGE_SIZE = 60
+MAX_PAGE_SIZE = 500
 CACHE_SECONDS = 3600
 
 
@@ -51,15 +52,16 @@ def gallery() -> str:
     filters = Filters.from_args(request.args)
     after = Key.parse(request.args["after"]) if request.args.get("after") else None
     before = Key.parse(request.args["before"]) if request.args.get("before") else None
-    page = queries.gallery_page(
-        _sessions(), filters, current_app.config["PAGE_SIZE"], after, before
-    )
+    size = request.args.get("limit", current_app.config["PAGE_SIZE"], type=int)
+    if not 1 <= size <= MAX_PAGE_SIZE:
+        raise BadFilter(f"limit must be 1 to {MAX_PAGE_SIZE}")
+    page = queries.gallery_page(_sessions(), filters, size, after, before)
     job_list, versions = queries.job_choices(_sessions())
     return render_template(
         "gallery.html",
         page=page,
         filters=filters,
-        args=filters.args(),
+        args=filters.args() | ({"limit": str(size)} if "limit" in request.args else {}),
         jobs=job_list,
         versions=versions,
         unsure_choices=UNSURE_CHOICES,

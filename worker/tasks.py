@@ -89,18 +89,24 @@ def _warm_up(models: Any) -> None:
 
 @app.task(name=TASK_NAME, bind=True, max_retries=MAX_RETRIES)
 def process_chunk(
-    self: Any, job_id: int, image_ids: list[int], refund: list[str] | None = None
+    self: Any,
+    job_id: int,
+    image_ids: list[int],
+    refund: list[str] | None = None,
+    reuse: bool = True,
 ) -> dict[str, int]:
     """Process one chunk of a job's images; the rows in the database are the result.
 
     `refund` (set only on retries) holds the nonces of this task's executions
     that infrastructure faults stopped, so their claims are re-taken uncharged.
+    `reuse` False (`enqueue --no-reuse`) detects even known content (worker.reuse).
     """
     if not (
         isinstance(job_id, int)
         and isinstance(image_ids, list)
         and all(isinstance(i, int) for i in image_ids)
         and (refund is None or all(isinstance(n, str) for n in refund))
+        and isinstance(reuse, bool)
     ):
         raise Reject(f"malformed chunk: job_id={job_id!r} image_ids={image_ids!r}", requeue=False)
     from worker.distributed import process_chunk as run_chunk
@@ -114,14 +120,15 @@ def process_chunk(
         if job_id not in state.stamped:
             stamp(state.sessions, job_id, state.models)
             state.stamped.add(job_id)
-        report = run_chunk(state.sessions, job_id, image_ids, state.models, claimant)
+        report = run_chunk(state.sessions, job_id, image_ids, state.models, claimant, reuse)
     except Exception as exc:
         raise _retry(self, exc, job_id, image_ids, claimant) from exc
     log.info(
-        "job %d: chunk of %d images: %d done, %d errors, %d faces, %d skipped in %.2fs",
+        "job %d: chunk of %d images: %d done (%d reused), %d errors, %d faces, %d skipped in %.2fs",
         job_id,
         len(image_ids),
         report.done,
+        report.reused,
         report.errors,
         report.faces,
         report.skipped,
@@ -157,7 +164,7 @@ def _retry(
     # Every execution stopped by the infrastructure stays refunded: a claim may have been
     # made by any of them (one that failed before claiming left the earlier one's).
     refund = [*claimant.refunded, claimant.nonce] if infrastructure else list(claimant.refunded)
-    kwargs = {"job_id": job_id, "image_ids": image_ids, "refund": refund}
+    kwargs = {**task.request.kwargs, "job_id": job_id, "image_ids": image_ids, "refund": refund}
     try:
         return task.retry(exc=exc, countdown=countdown, kwargs=kwargs, throw=False)
     except Reject as rejected:  # the broker refused the retry: put this message back instead
@@ -165,13 +172,14 @@ def _retry(
 
 
 @contextmanager
-def chunk_sender(queue: str) -> Iterator[Any]:
+def chunk_sender(queue: str, reuse: bool = True) -> Iterator[Any]:
     """A `send(job_id, image_ids)` that publishes chunks over one broker connection."""
+    options = {} if reuse else {"reuse": False}
     with app.producer_or_acquire() as producer:
 
         def send(job_id: int, image_ids: list[int]) -> None:
             process_chunk.apply_async(
-                kwargs={"job_id": job_id, "image_ids": image_ids},
+                kwargs={"job_id": job_id, "image_ids": image_ids, **options},
                 queue=queue,
                 producer=producer,
                 retry=True,

@@ -331,6 +331,13 @@ def reclassify(
     help="Also one row per image with no face (none found, an error, or still pending); "
     "--gender and --min-confidence select faces only.",
 )
+@click.option(
+    "--unsure",
+    type=click.Choice(["all", "only", "exclude"]),
+    default="all",
+    show_default=True,
+    help="Faces flagged unsure (low confidence, or too small to judge): only them, or none.",
+)
 @db_option
 def results(
     job_id: int | None,
@@ -339,6 +346,7 @@ def results(
     fmt: str,
     out: Path | None,
     include_empty: bool,
+    unsure: str,
     db_url: str,
 ) -> None:
     """One row per face: path, face_index, box, det_confidence, gender, confidence, model.
@@ -352,7 +360,7 @@ def results(
     jobs = job_statuses(sessions, job_id)
     if job_id is not None and not jobs:
         raise click.ClickException(f"no job {job_id}")
-    rows = iter_results(sessions, job_id, gender, min_confidence, include_empty)
+    rows = iter_results(sessions, job_id, gender, min_confidence, include_empty, unsure=unsure)
     provenance = [provenance_json(s) for s in reversed(jobs)]
     if out is None:
         write_rows(rows, fmt, sys.stdout, provenance)

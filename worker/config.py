@@ -22,6 +22,20 @@ def _env_int(name: str, default: int, minimum: int = 1) -> int:
     return number
 
 
+def _env_float(name: str) -> float | None:
+    """An optional non-negative number; unset means "the model's own value"."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, not {value!r}") from None
+    if not number >= 0:
+        raise ConfigError(f"{name} must be at least 0, not {value}")
+    return number
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every knob has an env var (FACEGENDER_*); CLI flags override these per command."""
@@ -53,6 +67,13 @@ class Settings:
     # Rows per classifier call; 0 lets the backend choose (256 on a GPU, 32 on a CPU).
     classify_batch_size: int = field(
         default_factory=lambda: _env_int("FACEGENDER_CLASSIFY_BATCH", 0, minimum=0)
+    )
+    # The unsure rule's thresholds (classifier.runtime.unsure); None: the model's metadata.
+    unsure_below: float | None = field(
+        default_factory=lambda: _env_float("FACEGENDER_UNSURE_BELOW")
+    )
+    min_eye_distance: float | None = field(
+        default_factory=lambda: _env_float("FACEGENDER_MIN_EYE_DISTANCE")
     )
     # Distributed mode: a chunk running longer than task_time_limit has its worker
     # process killed (and counts as a failed attempt); the broker hands an unacked

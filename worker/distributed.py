@@ -15,7 +15,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from worker.batch import BatchReport
 from worker.db import ERROR, PENDING, RUNNING, Image, Job
 from worker.faults import TRANSIENT_ERROR_CODES, is_out_of_memory
-from worker.jobs import create_job, finish_if_complete, mark_running, pending_image_ids
+from worker.jobs import (
+    create_job,
+    finish_if_complete,
+    is_cancelled,
+    mark_running,
+    pending_image_ids,
+)
 from worker.pipeline import Models, process_images
 from worker.store import Claimant, release, retried_before
 
@@ -133,7 +139,11 @@ def process_chunk(
     keeps gaining attempts (until it becomes a "gave_up" error row), while the
     others in its chunk complete instead of being given up with it. A chunk
     that runs out of memory is refunded and tried image by image the same way.
+    A chunk of a cancelled job is skipped before anything is claimed.
     """
+    if is_cancelled(sessions, job_id):
+        log.info("job %d is cancelled: skipping a chunk of %d images", job_id, len(image_ids))
+        return BatchReport(skipped=len(image_ids))
     if len(image_ids) > 1 and retried_before(sessions, image_ids, claimant):
         report = _one_by_one(sessions, image_ids, models, claimant)
     else:

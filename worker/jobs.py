@@ -5,17 +5,20 @@ files), so work can start on the first batch while the rest of the folder
 is still being listed; `jobs.scan_done` stays False until the listing ends,
 and a job is done only once its scan is done and nothing is pending.
 Registering again (a continued job) adds only the files not yet known.
+Housekeeping (cancel, delete) and the job's unsure thresholds live here too.
 """
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import CursorResult, Result
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker.db import CANCELLED, DONE, ERROR, PENDING, RUNNING, Image, Job, utcnow
+from classifier.runtime.unsure import UnsureRule
+from worker.db import CANCELLED, DONE, ERROR, PENDING, RUNNING, Face, Image, Job, utcnow
 from worker.scan import Entry, scan, text_form
 
 SCAN_BATCH = 1000
@@ -190,3 +193,112 @@ def finish_if_complete(sessions: sessionmaker[Session], job_id: int) -> bool:
             .values(status=DONE, finished_at=utcnow())
         )
         return True
+
+
+def job_unsure_rule(session: Session, job_id: int, fallback: UnsureRule) -> UnsureRule:
+    """The unsure thresholds recorded on the job, recording `fallback`'s where none are yet.
+
+    The first process to store a job's faces fixes its thresholds (those of
+    `run --unsure-below`/`enqueue` come first), so every row of a job is
+    flagged alike; the lock the update takes is only held on that first store.
+    """
+    below, eyes = session.execute(
+        select(Job.unsure_below, Job.min_eye_distance).where(Job.id == job_id)
+    ).one()
+    if below is None or eyes is None:
+        below, eyes = session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(
+                unsure_below=func.coalesce(Job.unsure_below, fallback.unsure_below),
+                min_eye_distance=func.coalesce(Job.min_eye_distance, fallback.min_eye_distance),
+            )
+            .returning(Job.unsure_below, Job.min_eye_distance)
+        ).one()
+    assert below is not None and eyes is not None  # coalesced with fallback's numbers
+    return UnsureRule(below, eyes)
+
+
+def record_unsure(
+    sessions: sessionmaker[Session],
+    job_id: int,
+    unsure_below: float | None,
+    min_eye_distance: float | None,
+) -> None:
+    """Fix the given thresholds on a job that has none yet (None leaves one to the model)."""
+    values = {
+        name: func.coalesce(getattr(Job, name), value)
+        for name, value in (("unsure_below", unsure_below), ("min_eye_distance", min_eye_distance))
+        if value is not None
+    }
+    if values:
+        with sessions.begin() as session:
+            session.execute(update(Job).where(Job.id == job_id).values(**values))
+
+
+class JobStateError(ValueError):
+    """A job that cannot take this action in its state; the message says why."""
+
+
+def job_status(sessions: sessionmaker[Session], job_id: int) -> str:
+    """The job's status; LookupError when there is no such job."""
+    with sessions() as session:
+        status = session.scalar(select(Job.status).where(Job.id == job_id))
+    if status is None:
+        raise LookupError(f"no job {job_id}")
+    return status
+
+
+def is_cancelled(sessions: sessionmaker[Session], job_id: int) -> bool:
+    with sessions() as session:
+        return session.scalar(select(Job.status).where(Job.id == job_id)) == CANCELLED
+
+
+def cancel_job(sessions: sessionmaker[Session], job_id: int) -> int:
+    """Mark the job cancelled: nothing more of it is processed; returns its pending images.
+
+    Workers skip its queued chunks and an embedded run stops after its batch
+    in flight; finished rows stay. A done job cannot be cancelled.
+    """
+    with sessions.begin() as session:
+        cancelled = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status.not_in((DONE, CANCELLED)))
+            .values(status=CANCELLED, finished_at=utcnow())
+            .returning(Job.id)
+        ).first()
+        if cancelled is None:
+            status = session.scalar(select(Job.status).where(Job.id == job_id))
+            if status is None:
+                raise LookupError(f"no job {job_id}")
+            if status == DONE:
+                raise JobStateError(f"job {job_id} is done: nothing left to cancel")
+        pending = session.scalar(
+            select(func.count()).where(Image.job_id == job_id, Image.status == PENDING)
+        )
+    return pending or 0
+
+
+def delete_job(sessions: sessionmaker[Session], job_id: int) -> tuple[int, int]:
+    """Delete the job with its image and face rows in one transaction; (images, faces) deleted.
+
+    A job still pending or running must be cancelled first, so that no worker
+    writes rows of it while (or after) it is deleted.
+    """
+    with sessions.begin() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            raise LookupError(f"no job {job_id}")
+        if job.status in (PENDING, RUNNING):
+            raise JobStateError(
+                f"job {job_id} is {job.status}: run `facegender cancel {job_id}` first"
+            )
+        faces = _deleted(session.execute(delete(Face).where(Face.job_id == job_id)))
+        images = _deleted(session.execute(delete(Image).where(Image.job_id == job_id)))
+        session.execute(delete(Job).where(Job.id == job_id))
+    return images, faces
+
+
+def _deleted(result: Result[Any]) -> int:
+    """Rows a DELETE removed (a DML statement's result is a CursorResult)."""
+    return cast(CursorResult[Any], result).rowcount

@@ -31,9 +31,11 @@ RESULT_COLUMNS = (
     "det_confidence",
     "gender",
     "confidence",
+    "unsure",
     "model_version",
     "error",
 )
+UNSURE_FILTERS = ("all", "only", "exclude")
 PROVENANCE_COLUMNS = ("model_version", "backend", "detector_settings", "runtime", "package_version")
 _PAGE = 1000
 
@@ -44,8 +46,12 @@ def iter_results(
     gender: str | None = None,
     min_confidence: float | None = None,
     include_empty: bool = False,
+    unsure: str = "all",
 ) -> Iterator[dict[str, Any]]:
-    """One row per face (and, with include_empty, per image without one), by job and path."""
+    """One row per face (and, with include_empty, per image without one), by job and path.
+
+    `unsure` (UNSURE_FILTERS): "only" the faces flagged unsure, or "exclude" them.
+    """
     faces = select(
         Image.job_id,
         Image.path,
@@ -58,6 +64,7 @@ def iter_results(
         Face.det_confidence,
         Face.gender,
         Face.confidence,
+        Face.unsure,
         Face.model_version,
         Image.error,
     ).join(Face, Face.image_id == Image.id)
@@ -65,6 +72,8 @@ def iter_results(
         faces = faces.where(Face.gender == gender)
     if min_confidence is not None:
         faces = faces.where(Face.confidence >= min_confidence)
+    if unsure != "all":
+        faces = faces.where(Face.unsure.is_(unsure == "only"))
     if job_id is not None:
         faces = faces.where(Image.job_id == job_id)
     if not include_empty:
@@ -74,7 +83,7 @@ def iter_results(
             Image.job_id,
             Image.path,
             Image.status,
-            *[null()] * 9,
+            *[null()] * 10,
             Image.error,
         ).where(~select(Face.id).where(Face.image_id == Image.id).exists())
         if job_id is not None:

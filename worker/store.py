@@ -23,11 +23,13 @@ from sqlalchemy import ColumnElement, and_, case, false, func, insert, or_, sele
 from sqlalchemy.orm import Session, sessionmaker
 
 from classifier import Prediction
+from classifier.runtime.unsure import UnsureRule, eye_distance
 from detector.faces import LANDMARK_NAMES
 from worker.batch import BatchReport, WorkItem
 from worker.config import Settings
 from worker.db import DONE, ERROR, PENDING, Image, utcnow
 from worker.db import Face as FaceRow
+from worker.jobs import job_unsure_rule
 from worker.scan import os_path
 
 # A lease outlasts the task time limit (after which a chunk's process is killed) by
@@ -203,8 +205,14 @@ def store(
     model_version: str,
     claimant: Claimant,
     report: BatchReport,
+    *,
+    unsure: UnsureRule,
 ) -> None:
-    """One transaction: faces and final status of every image still claimed by this token."""
+    """One transaction: faces and final status of every image still claimed by this token.
+
+    Faces are flagged by the thresholds recorded on their job; a job without
+    them gets `unsure` (this process's rule) recorded first.
+    """
     by_work: dict[int, list[tuple[int, Prediction]]] = defaultdict(list)
     for (index, face_index), prediction in zip(owners, predictions, strict=True):
         by_work[index].append((face_index, prediction))
@@ -223,6 +231,7 @@ def store(
                 .with_for_update()
             )
         }
+        rules = {job: job_unsure_rule(session, job, unsure) for job in {w.job_id for w in work}}
         face_rows = []
         now = utcnow()
         for index, item in enumerate(work):
@@ -240,15 +249,18 @@ def store(
             row.status, row.face_count = DONE, len(item.faces)
             report.done += 1
             for face_index, prediction in by_work[index]:
-                face_rows.append(face_row(item, face_index, prediction, model_version))
+                face_rows.append(
+                    face_row(item, face_index, prediction, model_version, rules[item.job_id])
+                )
         if face_rows:
             session.execute(insert(FaceRow), face_rows)
         report.faces += len(face_rows)
 
 
 def face_row(
-    item: WorkItem, face_index: int, prediction: Prediction, model_version: str
+    item: WorkItem, face_index: int, prediction: Prediction, model_version: str, rule: UnsureRule
 ) -> dict[str, object]:
+    """The faces row of one classified face; `unsure` by `rule`, eyes in original pixels."""
     face = item.faces[face_index]
     x, y, w, h = face.box
     row: dict[str, object] = {
@@ -262,6 +274,8 @@ def face_row(
         "det_confidence": face.score,
         "gender": prediction.gender,
         "confidence": prediction.confidence,
+        "p_female": prediction.p_female,
+        "unsure": rule.is_unsure(prediction.confidence, eye_distance(face.landmarks)),
         "model_version": model_version,
     }
     for name, (px, py) in zip(LANDMARK_NAMES, face.landmarks.tolist(), strict=True):

@@ -2,7 +2,8 @@
 
 It is the one source of truth for what a model expects and how to read its
 output: backbone, input size, preprocessing, decision threshold, calibration
-temperature and mirror gate. Its `version` names the trained weights only; face
+temperature, mirror gate and
+the unsure thresholds. Its `version` names the trained weights only; face
 rows record GenderClassifier.version, which also covers calibration and backend.
 """
 
@@ -10,6 +11,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from classifier.runtime.unsure import UnsureRule
 
 FORMAT = 1
 
@@ -34,9 +37,19 @@ class ModelMetadata:
     # Confident faces almost never change their answer, so this keeps most of flip-averaging's
     # gain for a fraction of its cost; 1.0 mirrors every face.
     flip_below: float = 1.0
+    # The unsure rule (classifier.runtime.unsure): a face is flagged unsure under this
+    # calibrated confidence, or with its eyes closer than this many original pixels.
+    # Chosen on validation data; 0 (metadata from before these fields) flags nothing.
+    unsure_below: float = 0.0
+    min_eye_distance: float = 0.0
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     format: int = FORMAT
+
+    @property
+    def unsure(self) -> UnsureRule:
+        """The model's default unsure rule."""
+        return UnsureRule(self.unsure_below, self.min_eye_distance)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

@@ -4,7 +4,8 @@ Predictions go through GenderClassifier (metadata threshold, temperature and
 flip-averaging included) on crops that the serving detector and alignment
 made. An image in which no face is found counts as wrong, because that is
 what a user of the whole pipeline sees; loss, ROC AUC and calibration need a
-probability, so they cover the images with a face.
+probability, so they cover the images with a face. The coverage report says
+how many faces the unsure rule answers, and how accurately.
 """
 
 import json
@@ -15,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from classifier.runtime import DEFAULT_MODEL_PATH, GenderClassifier
+from classifier.runtime import DEFAULT_MODEL_PATH, GenderClassifier, ModelMetadata
+from classifier.training.coverage import coverage_curve, operating_point
 from classifier.training.data import SPLITS, SplitCrops, load_splits, require
 from classifier.training.datasets import GENDERS, RACES, LabelledImage
 from classifier.training.metrics import (
@@ -26,7 +28,7 @@ from classifier.training.metrics import (
     roc_auc,
     roc_curve,
 )
-from classifier.training.plots import plot_evaluation
+from classifier.training.plots import plot_coverage, plot_evaluation
 
 AGE_BAND_NAMES = ("0-12", "13-17", "18-39", "40-59", "60+")
 NO_FACE = -1
@@ -78,6 +80,7 @@ def evaluate(
         "flip_below": classifier.metadata.flip_below,
         "backend": classifier.backend_used,
         **summarise(data, p_female, classifier.metadata.threshold),
+        "coverage": coverage_report(data, p_female, classifier.metadata),
     }
     out = Path(out_dir) if out_dir is not None else _default_out(classifier)
     out.mkdir(parents=True, exist_ok=True)
@@ -89,8 +92,30 @@ def evaluate(
         reliability(p_female, labels),
         out / "evaluation.png",
     )
+    plot_coverage(result, out / "coverage.png")
     log.info("wrote %s", out / "evaluation.json")
     return result
+
+
+def coverage_report(
+    split: SplitCrops, p_female: np.ndarray, metadata: ModelMetadata
+) -> dict[str, Any]:
+    """Accuracy on answered faces against coverage, and the model's own operating point.
+
+    Only the confidence rule applies: UTKFace's chips all have eyes far
+    enough apart for the eye-distance rule (see classifier.training.coverage).
+    Coverage is a share of the faces found, overall and for adults and minors.
+    """
+    labels = split.labels[split.found]
+    faces = [image for image, found in zip(split.images, split.found, strict=True) if found]
+    ages = np.array([-1 if image.age is None else image.age for image in faces])
+    groups = {"adult (18+)": ages >= 18, "minor (0-17)": (ages >= 0) & (ages < 18)}
+    curve = coverage_curve(p_female, labels, groups, metadata.threshold)
+    point = operating_point(p_female, labels, groups, metadata.unsure_below, metadata.threshold)
+    return {
+        "operating_point": {**point, "min_eye_distance": metadata.min_eye_distance},
+        "curve": curve,
+    }
 
 
 def summarise(split: SplitCrops, p_female: np.ndarray, threshold: float) -> dict[str, Any]:

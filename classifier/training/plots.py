@@ -89,3 +89,34 @@ def plot_evaluation(
     groups.invert_yaxis()
     groups.set(title="accuracy per group (no face = wrong)", xlim=(0, 1))
     figure.savefig(out_png, dpi=100)
+
+
+def plot_coverage(result: dict[str, Any], out_png: Path) -> None:
+    """Accuracy on answered faces against coverage (all, adults, minors), operating point marked."""
+    coverage = result["coverage"]
+    point = coverage["operating_point"]
+    figure = Figure(figsize=(7, 5), layout="constrained")
+    axes = figure.subplots()
+    for name in (None, *point["groups"]):
+        points = [p if name is None else p["groups"][name] for p in coverage["curve"]]
+        points = [p for p in points if p["accuracy"] is not None]
+        axes.plot(
+            [p["coverage"] for p in points],
+            [p["accuracy"] for p in points],
+            label=name or "all faces",
+        )
+    axes.plot(
+        point["coverage"],
+        point["accuracy"],
+        marker="o",
+        color="black",
+        label=f"operating point: unsure below {point['unsure_below']:.2f}",
+    )
+    axes.set(
+        title=f"{result['model_version']} on {result['data']} ({result['split']})",
+        xlabel="coverage (share of faces answered)",
+        ylabel="accuracy on answered faces",
+    )
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.savefig(out_png, dpi=100)

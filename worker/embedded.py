@@ -78,10 +78,13 @@ def run_folder(
     batch_size: int,
     max_attempts: int = 3,
     on_batch: Callable[[BatchReport, int], None] | None = None,
+    reuse: bool = True,
 ) -> tuple[int, BatchReport]:
     """Open (or continue) the job for `root` and run it to the end; (job id, totals)."""
     job_id, _ = open_job(sessions, root)
-    totals, _ = run_job(sessions, job_id, root, models, batch_size, max_attempts, on_batch)
+    totals, _ = run_job(
+        sessions, job_id, root, models, batch_size, max_attempts, on_batch, reuse=reuse
+    )
     return job_id, totals
 
 

@@ -136,7 +136,9 @@ def _build(net: DlibNet, inputs: keras.KerasTensor, x: keras.KerasTensor) -> ker
             x = conv(x)
             conv.set_weights([params["kernel"].transpose(2, 3, 1, 0), params["bias"]])
         elif op.kind == "affine":
-            affine = layers.BatchNormalization(epsilon=0.0, name=name)
+            # dlib's affine is a frozen batch norm: trainable=False keeps Keras in
+            # inference mode (fixed scale and shift) also while the convs fine-tune.
+            affine = layers.BatchNormalization(epsilon=0.0, trainable=False, name=name)
             x = affine(x)
             gamma, beta = params["gamma"], params["beta"]
             affine.set_weights([gamma, beta, np.zeros_like(gamma), np.ones_like(gamma)])

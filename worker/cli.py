@@ -64,6 +64,20 @@ no_reuse_option = click.option(
     help="Detect and classify every image, even one whose content already has rows "
     "from the same model and detector settings (which are copied otherwise).",
 )
+unsure_below_option = click.option(
+    "--unsure-below",
+    type=click.FloatRange(0, 1),
+    default=_setting("unsure_below"),
+    show_default="$FACEGENDER_UNSURE_BELOW or the model's",
+    help="Flag faces answered with a confidence under this as unsure (recorded on the job).",
+)
+min_eye_distance_option = click.option(
+    "--min-eye-distance",
+    type=click.FloatRange(0),
+    default=_setting("min_eye_distance"),
+    show_default="$FACEGENDER_MIN_EYE_DISTANCE or the model's",
+    help="Flag faces whose eyes are fewer pixels apart as unsure (recorded on the job).",
+)
 stderr = Console(stderr=True)
 
 
@@ -151,20 +165,30 @@ def _models(model_path: str | None, batch_size: int | None = None):
 @model_option
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Images per batch.")
 @no_reuse_option
+@unsure_below_option
+@min_eye_distance_option
 def run(
-    folder: Path, db_url: str, model_path: str | None, batch_size: int | None, no_reuse: bool
+    folder: Path,
+    db_url: str,
+    model_path: str | None,
+    batch_size: int | None,
+    no_reuse: bool,
+    unsure_below: float | None,
+    min_eye_distance: float | None,
 ) -> None:
     """Process FOLDER in this process and store the results (no servers needed).
 
     If this database holds an unfinished job for FOLDER (stopped by Ctrl-C or
     a crash), it is continued: only images not yet finished are processed, and
     files added since are included. Ctrl-C stops after the batch in flight.
+    A continued job keeps the unsure thresholds it was started with.
     """
     from worker.embedded import open_job, run_job
     from worker.jobs import finished_count
     from worker.results import job_statuses
 
     models, settings = _models(model_path, batch_size)
+    models.unsure = models.unsure.overridden(unsure_below, min_eye_distance)
     sessions = _open(db_url)
     job_id, continued = open_job(sessions, folder)
     finished, registered = finished_count(sessions, job_id)
@@ -583,12 +607,24 @@ def _sending(
 @broker_option
 @chunk_size_option
 @queue_option
-def enqueue(folder: Path, db_url: str, broker_url: str, chunk_size: int, queue: str) -> None:
+@unsure_below_option
+@min_eye_distance_option
+def enqueue(
+    folder: Path,
+    db_url: str,
+    broker_url: str,
+    chunk_size: int,
+    queue: str,
+    unsure_below: float | None,
+    min_eye_distance: float | None,
+) -> None:
     """Create a job for FOLDER and queue its images in chunks; prints the job id."""
     from worker.distributed import enqueue_folder
 
     with _sending(db_url, broker_url, queue) as (sessions, send):
-        job_id, count = enqueue_folder(sessions, folder, chunk_size, send)
+        job_id, count = enqueue_folder(
+            sessions, folder, chunk_size, send, (unsure_below, min_eye_distance)
+        )
     stderr.print(
         f"job {job_id}: {count} images queued in {-(-count // chunk_size)} chunks on {queue!r}"
     )

@@ -22,8 +22,8 @@ def _env_int(name: str, default: int, minimum: int = 1) -> int:
     return number
 
 
-def _env_float(name: str) -> float | None:
-    """An optional non-negative number; unset means "the model's own value"."""
+def _env_float(name: str, maximum: float = float("inf")) -> float | None:
+    """An optional number in [0, maximum]; unset means "the model's own value"."""
     value = os.environ.get(name, "").strip()
     if not value:
         return None
@@ -31,8 +31,9 @@ def _env_float(name: str) -> float | None:
         number = float(value)
     except ValueError:
         raise ConfigError(f"{name} must be a number, not {value!r}") from None
-    if not number >= 0:
-        raise ConfigError(f"{name} must be at least 0, not {value}")
+    if not 0 <= number <= maximum:
+        limit = "at least 0" if maximum == float("inf") else f"within [0, {maximum:g}]"
+        raise ConfigError(f"{name} must be {limit}, not {value}")
     return number
 
 
@@ -70,7 +71,7 @@ class Settings:
     )
     # The unsure rule's thresholds (classifier.runtime.unsure); None: the model's metadata.
     unsure_below: float | None = field(
-        default_factory=lambda: _env_float("FACEGENDER_UNSURE_BELOW")
+        default_factory=lambda: _env_float("FACEGENDER_UNSURE_BELOW", 1.0)
     )
     min_eye_distance: float | None = field(
         default_factory=lambda: _env_float("FACEGENDER_MIN_EYE_DISTANCE")

@@ -21,6 +21,7 @@ from worker.jobs import (
     is_cancelled,
     mark_running,
     pending_image_ids,
+    record_unsure,
 )
 from worker.pipeline import Models, process_images
 from worker.store import Claimant, release, retried_before
@@ -49,10 +50,19 @@ def chunked(image_ids: Sequence[int], size: int) -> Iterator[list[int]]:
 
 
 def enqueue_folder(
-    sessions: sessionmaker[Session], root: Path, chunk_size: int, send: Send
+    sessions: sessionmaker[Session],
+    root: Path,
+    chunk_size: int,
+    send: Send,
+    unsure: tuple[float | None, float | None] = (None, None),
 ) -> tuple[int, int]:
-    """A job for every image under `root`, sent in chunks; (job id, images sent)."""
+    """A job for every image under `root`, sent in chunks; (job id, images sent).
+
+    `unsure` (unsure_below, min_eye_distance) fixes those given on the job
+    before any chunk is sent; the others are the workers' model's.
+    """
     job_id = create_job(sessions, root)
+    record_unsure(sessions, job_id, *unsure)
     return job_id, _send_pending(sessions, job_id, chunk_size, send)
 
 

@@ -104,3 +104,27 @@ def test_results_filter_on_unsure_in_every_format(sqlite_url, folder, models):
     assert [Path(r["path"]).name for r in csv.DictReader(io.StringIO(out.output))] == ["small.png"]
     out = runner.invoke(main, ["results", "--db", sqlite_url, "--unsure", "maybe"])
     assert out.exit_code == 2 and "maybe" in out.output
+
+
+def test_run_takes_thresholds_from_flags_and_env_and_records_them(
+    sqlite_url, folder, model_path, monkeypatch
+):
+    monkeypatch.setenv("FACEGENDER_MIN_EYE_DISTANCE", "20")
+    monkeypatch.setenv("FACEGENDER_MODEL", str(model_path))
+    out = CliRunner().invoke(
+        main, ["run", str(folder), "--db", sqlite_url, "--unsure-below", "0.5"]
+    )
+    assert out.exit_code == 0, out.output
+    sessions = open_database(sqlite_url)
+    with sessions() as session:
+        job = session.scalars(select(Job)).one()
+    assert (job.unsure_below, job.min_eye_distance) == (0.5, 20)
+    faces = _faces(sessions, job.id)
+    assert {name: face.unsure for name, face in faces.items()} == {
+        "large.jpg": False,
+        "small.png": True,
+    }
+    monkeypatch.setenv("FACEGENDER_UNSURE_BELOW", "high")
+    out = CliRunner().invoke(main, ["run", str(folder), "--db", sqlite_url])
+    assert out.exit_code == 1
+    assert out.output == "Error: FACEGENDER_UNSURE_BELOW must be a number, not 'high'\n"

@@ -45,7 +45,7 @@ def _sessions() -> sessionmaker[Session]:
 
 
 def jobs() -> str:
-    return render_template("jobs.html", jobs=job_statuses(_sessions()))
+    return render_template("jobs.html", jobs=queries.job_progress(_sessions()))
 
 
 def gallery() -> str:
@@ -158,6 +158,6 @@ def _json_chunks(
     yield "]}\n"
 
 
-def page_url(args: dict[str, Any], **extra: str) -> str:
+def page_url(args: dict[str, Any], **extra: Any) -> str:
     """The gallery's URL with the filter kept and `extra` (a page key) added."""
     return url_for("gallery", **args, **extra)

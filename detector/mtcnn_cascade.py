@@ -24,7 +24,7 @@ from detector.mtcnn_boxes import (
     scale_pyramid,
     square,
 )
-from detector.mtcnn_images import crop_and_resize, level_size, normalise, resize_area
+from detector.mtcnn_images import area_weights, crop_and_resize, level_size, normalise
 from detector.mtcnn_onnx import MtcnnNetworks
 
 # The package's defaults for what the detector does not expose as settings.
@@ -40,9 +40,9 @@ class Cascade:
 
     def __init__(self, threads: int = 0) -> None:
         self._nets = MtcnnNetworks(threads)
-        # PNet's face score for a window of pure padding (black after normalisation).
-        black = np.full((1, 12, 12, 3), -127.5 / 128, np.float32)
-        self._padding_score = float(self._nets.pnet(black)[1][0, 0, 0])
+        # PNet's face score for a window of pure padding (black).
+        black, same = np.zeros((1, 12, 12, 3), np.uint8), np.eye(12, dtype=np.float32)
+        self._padding_score = float(self._nets.pnet(black, same, same)[1][0, 0, 0])
 
     def detect(
         self,
@@ -56,8 +56,8 @@ class Cascade:
         `pads` is the black border around each image (0: none, or unknown);
         `thresholds` are PNet's, RNet's and ONet's.
         """
+        boxes = self._propose(images, pads, min_face_size, thresholds[0])
         normalised = [normalise(image) for image in images]
-        boxes = self._propose(normalised, pads, min_face_size, thresholds[0])
         if len(boxes):
             offsets, scores = self._refine(self._nets.rnet, normalised, boxes, 24)
             boxes[:, 5] = scores
@@ -77,7 +77,7 @@ class Cascade:
 
     def _propose(
         self,
-        normalised: list[np.ndarray],
+        images: Sequence[np.ndarray],
         pads: Sequence[int],
         min_face_size: int,
         threshold: float,
@@ -90,27 +90,27 @@ class Cascade:
         proposals for less work.
         """
         groups: dict[tuple[tuple[int, ...], int], list[int]] = defaultdict(list)
-        for index, (image, pad) in enumerate(zip(normalised, pads, strict=True)):
+        for index, (image, pad) in enumerate(zip(images, pads, strict=True)):
             groups[image.shape, pad].append(index)
         found = []
         for ((height, width, _), pad), members in groups.items():
             crop = pad > 0 and threshold > 10 * self._padding_score
+            pixels = np.stack([images[i][pad : height - pad, pad : width - pad] for i in members])
+            inside_rows, inside_cols = range(pad, height - pad), range(pad, width - pad)
             for scale in scale_pyramid(width, height, min_face_size, _SCALE_FACTOR):
                 scaled_h, scaled_w = level_size(height, width, scale)
-                top, bottom = reach(height, pad, scaled_h) if crop else (0, scaled_h)
-                left, right = reach(width, pad, scaled_w) if crop else (0, scaled_w)
-                if min(bottom - top, right - left) < 12:
-                    continue  # smaller than one PNet window: no proposals
-                level = np.stack(
-                    [
-                        resize_area(normalised[i], scaled_h, scaled_w)[top:bottom, left:right]
-                        for i in members
-                    ]
+                rows = range(*reach(height, pad, scaled_h)) if crop else range(scaled_h)
+                cols = range(*reach(width, pad, scaled_w)) if crop else range(scaled_w)
+                if min(len(rows), len(cols)) < 12:
+                    continue  # no PNet window fits
+                row_weights = area_weights(height, scaled_h, rows, inside_rows)
+                col_weights = np.ascontiguousarray(
+                    area_weights(width, scaled_w, cols, inside_cols).T
                 )
-                boxes = proposals(*self._nets.pnet(level), threshold)
+                boxes = proposals(*self._nets.pnet(pixels, row_weights, col_weights), threshold)
                 boxes[:, 0] = np.asarray(members)[boxes[:, 0].astype(int)]
-                boxes[:, [1, 3]] += left
-                boxes[:, [2, 4]] += top
+                boxes[:, [1, 3]] += cols.start
+                boxes[:, [2, 4]] += rows.start
                 boxes[:, 1:5] /= scale
                 found.append(nms(boxes, _NMS_PNET_SCALE, "union", sort=False))
         boxes = np.concatenate(found) if found else np.empty((0, 6))

@@ -1,13 +1,12 @@
 """The pixel side of MTCNN: normalising, pyramid levels and the RNet/ONet crops.
 
 These reproduce the `mtcnn` package's TensorFlow image ops without
-TensorFlow: the area resize of each pyramid level (OpenCV's INTER_AREA, which
-for the package's downscales weighs the same source pixels as
-`tf.image.resize(..., AREA)`) and `tf.image.crop_and_resize` (bilinear, 0
-outside the image), written out in numpy in TensorFlow's float32 order.
+TensorFlow, in numpy: the weights of the area resize that makes each pyramid
+level (`tf.image.resize(..., AREA)`; PNet's graph applies them) and
+`tf.image.crop_and_resize` (bilinear, 0 outside the image; exactly, in
+TensorFlow's float32 order).
 """
 
-import cv2
 import numpy as np
 
 
@@ -22,9 +21,19 @@ def level_size(height: int, width: int, scale: float) -> tuple[int, int]:
     return int(scaled_h), int(scaled_w)
 
 
-def resize_area(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """A normalised (H, W, 3) image area-resized to (height, width)."""
-    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+def area_weights(extent: int, scaled: int, outputs: range, inputs: range) -> np.ndarray:
+    """(outputs, inputs) weights of TF's area resize of `extent` pixels to `scaled`.
+
+    Output pixel y averages the input span [y * s, (y + 1) * s), s = extent / scaled,
+    each input pixel weighed by its overlap with the span (TF's resize_area kernel).
+    Only the wanted outputs and the inputs that are not border are computed.
+    """
+    step = np.float32(extent) / np.float32(scaled)
+    low = np.arange(outputs.start, outputs.stop, dtype=np.float32)[:, None] * step
+    high = (np.arange(outputs.start, outputs.stop, dtype=np.float32)[:, None] + 1) * step
+    first = np.arange(inputs.start, inputs.stop, dtype=np.float32)[None, :]
+    overlap = np.minimum(first + 1, high) - np.maximum(first, low)
+    return (np.maximum(overlap, 0) / step).astype(np.float32)
 
 
 def crop_and_resize(image: np.ndarray, corners: np.ndarray, size: int) -> np.ndarray:

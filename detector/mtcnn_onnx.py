@@ -5,9 +5,10 @@ The weights are the `mtcnn` package's own (joblib files of the Keras layers'
 file enters the repository and no TensorFlow is needed to serve. Importing
 `mtcnn` would import TensorFlow, so its files are found without importing it.
 
-Each graph takes NHWC float32 images, normalised as the package does
-((x - 127.5) / 128), with free batch, height and width axes: ONNX Runtime
-runs any shape without tracing. The layers mirror `mtcnn.network`: Keras
+RNet and ONet take NHWC float32 crops, normalised as the package does
+((x - 127.5) / 128); PNet makes its pyramid level itself from uint8 pixels.
+Batch, height and width axes are free: ONNX Runtime runs any shape without
+tracing. The layers mirror `mtcnn.network`: Keras
 "same" max-pooling is SAME_UPPER (the extra pad after), and the dense layers
 read the features in Keras's order (a Permute to (W, H, C), then Flatten).
 """
@@ -35,19 +36,45 @@ def weights_dir() -> Path:
 
 
 class _Graph:
-    """A small builder: a chain of layers fed from the NHWC input, weights as initializers."""
+    """A small builder: layers chained by name, weights taken in order as initializers."""
 
-    def __init__(self, name: str, weights: Sequence[np.ndarray], height: str, width: str) -> None:
+    def __init__(self, name: str, weights: Sequence[np.ndarray]) -> None:
         self.name = name
         self._weights = list(weights)
         self._used = 0
+        self.inputs: list[onnx.ValueInfoProto] = []
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
-        self.input = helper.make_tensor_value_info(
-            "images", TensorProto.FLOAT, ["batch", height, width, 3]
-        )
         self._count = 0
-        self.x = self._node("Transpose", ["images"], perm=[0, 3, 1, 2])  # NHWC -> NCHW
+
+    def _input(self, name: str, kind: int, shape: list[str | int]) -> str:
+        self.inputs.append(helper.make_tensor_value_info(name, kind, shape))
+        return name
+
+    def crops(self, size: int) -> str:
+        """Input `images`: normalised NHWC crops, as NCHW."""
+        images = self._input("images", TensorProto.FLOAT, ["batch", size, size, 3])
+        return self._node("Transpose", [images], perm=[0, 3, 1, 2])
+
+    def level(self) -> str:
+        """A pyramid level made from its inputs, as NCHW: the area resize as two products.
+
+        `pixels` (N, h, w, 3) uint8 are the images without their black border;
+        `rows` (level rows, h) and `cols` (w, level cols) weigh them as
+        `tf.image.resize(..., AREA)` of the padded image would (see
+        detector.mtcnn_images.area_weights). The border is constant and the
+        resize linear, so the level is the border's normalised value plus the
+        product of the normalised image with the weights: only the image's
+        pixels are read and only the level's wanted part is made.
+        """
+        pixels = self._input("pixels", TensorProto.UINT8, ["batch", "height", "width", 3])
+        rows = self._input("rows", TensorProto.FLOAT, ["level_height", "height"])
+        cols = self._input("cols", TensorProto.FLOAT, ["width", "level_width"])
+        x = self._node("Cast", [pixels], to=TensorProto.FLOAT)
+        x = self._node("Transpose", [x], perm=[0, 3, 1, 2])
+        x = self._node("Mul", [x, self._constant(np.array(1 / 128))])
+        x = self._node("MatMul", [self._node("MatMul", [rows, x]), cols])
+        return self._node("Add", [x, self._constant(np.array(-127.5 / 128))])
 
     def _take(self) -> np.ndarray:
         weight = self._weights[self._used]
@@ -98,7 +125,7 @@ class _Graph:
         self.nodes += [helper.make_node("Identity", [x], [name]) for name, x in outputs.items()]
         shape = [None] * rank
         values = [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in outputs]
-        graph = helper.make_graph(self.nodes, self.name, [self.input], values, self.initializers)
+        graph = helper.make_graph(self.nodes, self.name, self.inputs, values, self.initializers)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET)])
         model.ir_version = 8  # what every ONNX Runtime of the supported range reads
         onnx.checker.check_model(model)
@@ -106,19 +133,22 @@ class _Graph:
 
 
 def pnet_graph(weights: Sequence[np.ndarray]) -> onnx.ModelProto:
-    """Outputs `offsets` (N, 4, H', W') and `scores` (N, 2, H', W'): one cell per 12-px window."""
-    g = _Graph("pnet", weights, "height", "width")
-    x = g.pool(g.prelu(g.conv(g.x)), 2, same=True)
+    """On a pyramid level (see `_Graph.level`): `offsets` (N, 4, H', W') and `scores`
+    (N, H', W', 2), one cell per 12-px window of the level.
+
+    The softmax runs channels-last, where ONNX Runtime has its fast path."""
+    g = _Graph("pnet", weights)
+    x = g.pool(g.prelu(g.conv(g.level())), 2, same=True)
     x = g.prelu(g.conv(g.prelu(g.conv(x))))
     offsets = g.conv(x)
-    scores = g.softmax(g.conv(x), axis=1)
+    scores = g.softmax(g._node("Transpose", [g.conv(x)], perm=[0, 2, 3, 1]), axis=-1)
     return g.model({"offsets": offsets, "scores": scores}, rank=4)
 
 
 def rnet_graph(weights: Sequence[np.ndarray]) -> onnx.ModelProto:
     """On 24x24 crops: `offsets` (N, 4) and `scores` (N, 2)."""
-    g = _Graph("rnet", weights, "24", "24")
-    x = g.pool(g.prelu(g.conv(g.x)), 3, same=True)
+    g = _Graph("rnet", weights)
+    x = g.pool(g.prelu(g.conv(g.crops(24))), 3, same=True)
     x = g.pool(g.prelu(g.conv(x)), 3, same=False)
     x = g.prelu(g.dense(g.flatten_as_keras(g.prelu(g.conv(x)))), spatial=False)
     offsets = g.dense(x)
@@ -128,8 +158,8 @@ def rnet_graph(weights: Sequence[np.ndarray]) -> onnx.ModelProto:
 
 def onet_graph(weights: Sequence[np.ndarray]) -> onnx.ModelProto:
     """On 48x48 crops: `offsets` (N, 4), `landmarks` (N, 10: 5 xs, 5 ys) and `scores` (N, 2)."""
-    g = _Graph("onet", weights, "48", "48")
-    x = g.pool(g.prelu(g.conv(g.x)), 3, same=True)
+    g = _Graph("onet", weights)
+    x = g.pool(g.prelu(g.conv(g.crops(48))), 3, same=True)
     x = g.pool(g.prelu(g.conv(x)), 3, same=False)
     x = g.pool(g.prelu(g.conv(x)), 2, same=True)
     x = g.prelu(g.dense(g.flatten_as_keras(g.prelu(g.conv(x)))), spatial=False)
@@ -147,6 +177,9 @@ class MtcnnNetworks:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only: the CLI's output is its own
+        # Idle threads sleep instead of spinning: the detector shares the cores with image
+        # decoding and the classifier, and spinning threads halve everyone's speed.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         folder = weights_dir()
         self._sessions = {
             name: ort.InferenceSession(
@@ -157,10 +190,15 @@ class MtcnnNetworks:
             for name, build in (("pnet", pnet_graph), ("rnet", rnet_graph), ("onet", onet_graph))
         }
 
-    def pnet(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(offsets, face probability) per 12-px window: (N, 4, H', W') and (N, H', W')."""
-        offsets, scores = self._sessions["pnet"].run(None, {"images": images})
-        return offsets, scores[:, 1]
+    def pnet(
+        self, pixels: np.ndarray, rows: np.ndarray, cols: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(offsets, face probability) per 12-px window of a pyramid level: (N, 4, H', W')
+        and (N, H', W'). The level is made from uint8 `pixels` by the weights `rows` and
+        `cols` (see `_Graph.level`)."""
+        feeds = {"pixels": pixels, "rows": rows, "cols": cols}
+        offsets, scores = self._sessions["pnet"].run(None, feeds)
+        return offsets, scores[..., 1]
 
     def rnet(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(offsets (N, 4), face probability (N,)) for 24x24 crops."""

@@ -14,7 +14,7 @@ import pytest
 
 from detector import FaceDetector, load_image
 from detector.mtcnn_boxes import nms
-from detector.mtcnn_images import crop_and_resize, level_size, normalise, resize_area
+from detector.mtcnn_images import area_weights, crop_and_resize, level_size, normalise
 from detector.mtcnn_onnx import MtcnnNetworks
 
 
@@ -58,9 +58,10 @@ def test_onnx_networks_compute_the_keras_networks(keras_networks: list) -> None:
     nets = MtcnnNetworks(threads=1)
     rng = np.random.default_rng(3)
     for shape in [(2, 37, 53, 3), (1, 12, 12, 3), (3, 101, 64, 3)]:  # odd sizes: "same" pooling
-        images = rng.uniform(-1, 1, shape).astype(np.float32)
-        offsets, scores = nets.pnet(images)
-        expected = [np.asarray(t) for t in pnet(images)]
+        pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+        rows, cols = np.eye(shape[1], dtype=np.float32), np.eye(shape[2], dtype=np.float32)
+        offsets, scores = nets.pnet(pixels, rows, cols)  # a level at scale 1: the image
+        expected = [np.asarray(t) for t in pnet(normalise(pixels))]
         assert np.allclose(offsets.transpose(0, 2, 3, 1), expected[0], atol=1e-5)
         assert np.allclose(scores, expected[1][..., 1], atol=1e-5)
     crops = rng.uniform(-1, 1, (40, 24, 24, 3)).astype(np.float32)
@@ -77,23 +78,35 @@ def test_onnx_networks_compute_the_keras_networks(keras_networks: list) -> None:
 
 
 def test_pyramid_levels_and_crops_are_tensorflows(crowd_files: list[Path]) -> None:
+    """PNet's levels made from the image alone are the package's from the padded image."""
     import tensorflow as tf
 
-    image = normalise(load_image(crowd_files[0]).pixels)
+    pixels = load_image(crowd_files[0]).pixels
+    pad = 104
+    image = normalise(np.pad(pixels, ((pad, pad), (pad, pad), (0, 0))))
     height, width = image.shape[:2]
-    for scale in 0.6 * 0.709 ** np.arange(8):
-        size = level_size(height, width, scale)
+    inside_rows, inside_cols = range(pad, height - pad), range(pad, width - pad)
+    for index, scale in enumerate(0.6 * 0.709 ** np.arange(8)):
         # The package's scale_images: a float size, truncated by TensorFlow.
         expected = tf.image.resize(image[None], np.asarray([height, width]) * scale, "area")
-        found = resize_area(image, *size)
-        assert found.shape == expected.shape[1:]
-        assert np.abs(found - expected[0].numpy()).max() * 128 < 0.01  # grey levels
+        size = level_size(height, width, scale)
+        assert expected.shape[1:3] == size
+        rows, cols = range(size[0]), range(size[1])
+        if index == 1:  # and a part of a level
+            rows, cols = range(40, 200), range(13, 180)
+        row_weights = area_weights(height, size[0], rows, inside_rows)
+        col_weights = area_weights(width, size[1], cols, inside_cols)
+        found = np.einsum("yh,hwc,xw->yxc", row_weights, pixels / 128, col_weights) - 127.5 / 128
+        wanted = expected[0].numpy()[rows.start : rows.stop, cols.start : cols.stop]
+        assert np.abs(found - wanted).max() * 128 < 0.01  # grey levels
     rng = np.random.default_rng(5)
     corner = rng.uniform(-60, 416, (300, 2))  # some boxes reach outside: extrapolated to 0
     boxes = np.c_[corner, corner + rng.uniform(4, 250, (300, 1))]
     corners = (boxes / np.array([[height, width, height, width]])).astype(np.float32)
     for size in (24, 48):
-        expected = tf.image.crop_and_resize(image[None], corners, np.zeros(300, np.int32), (size,) * 2)
+        expected = tf.image.crop_and_resize(
+            image[None], corners, np.zeros(300, np.int32), (size,) * 2
+        )
         assert np.array_equal(crop_and_resize(image, corners, size), expected.numpy())
 
 
@@ -105,7 +118,10 @@ def _sample(data_dir: Path, utkface_files: list[Path], crowd_files: list[Path]) 
 def _pairs(found: np.ndarray, expected: np.ndarray) -> list[tuple[int, int]]:
     """One-to-one pairs (found row, expected row) of one image at IoU >= 0.5, best first."""
     a, b = found[:, None, 1:5], expected[None, :, 1:5]
-    inter = np.prod(np.clip(np.minimum(a[..., 2:], b[..., 2:]) - np.maximum(a[..., :2], b[..., :2]), 0, None), axis=-1)
+    inter = np.prod(
+        np.clip(np.minimum(a[..., 2:], b[..., 2:]) - np.maximum(a[..., :2], b[..., :2]), 0, None),
+        axis=-1,
+    )
     area = lambda boxes: np.prod(boxes[..., 2:] - boxes[..., :2], axis=-1)  # noqa: E731
     iou = inter / (area(a) + area(b) - inter)
     pairs: list[tuple[int, int]] = []

@@ -8,6 +8,7 @@ shrinking aligned crops until their eyes are a given number of pixels apart
 (`shrink_to_eye_distance`), because UTKFace's chips are all about 200 px.
 """
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import cv2
@@ -52,12 +53,23 @@ def coverage_curve(
     return [operating_point(p_female, labels, groups, t, threshold) for t in THRESHOLDS]
 
 
-def choose_unsure_below(curve: list[dict[str, Any]], target_accuracy: float) -> float:
-    """The lowest threshold whose answered faces reach `target_accuracy` (most coverage)."""
-    for point in curve:
+def choose_unsure_below(
+    curve: list[dict[str, Any]],
+    target_accuracy: float,
+    min_coverage: float = 0.0,
+    group: str | None = None,
+) -> float:
+    """The lowest threshold reaching `target_accuracy` on answered faces, answering enough.
+
+    Only thresholds that answer at least `min_coverage` of the faces (of
+    `group`'s, if given) are candidates; when none of them reaches the target,
+    the strictest candidate: the best accuracy that coverage allows.
+    """
+    allowed = [p for p in curve if (p["groups"][group] if group else p)["coverage"] >= min_coverage]
+    for point in allowed:
         if point["accuracy"] is not None and point["accuracy"] >= target_accuracy:
             return point["unsure_below"]
-    return curve[-1]["unsure_below"]
+    return (allowed or curve)[-1 if allowed else 0]["unsure_below"]
 
 
 def shrink_to_eye_distance(crops: np.ndarray, eye_distance: float) -> np.ndarray:
@@ -74,6 +86,46 @@ def shrink_to_eye_distance(crops: np.ndarray, eye_distance: float) -> np.ndarray
         reduced = cv2.resize(np.asarray(crop), (small, small), interpolation=cv2.INTER_AREA)
         out[index] = cv2.resize(reduced, (size, size), interpolation=cv2.INTER_LINEAR)
     return out
+
+
+def eye_distance_sweep(
+    predict: Callable[[np.ndarray], np.ndarray],
+    crops: np.ndarray,
+    labels: np.ndarray,
+    distances: Sequence[float],
+    unsure_below: float,
+    threshold: float = 0.5,
+) -> dict[str, dict[str, Any]]:
+    """Scores of the crops at full size ("full") and shrunk to each eye distance.
+
+    `predict` maps crops to calibrated P(female) (GenderClassifier.predict_p_female).
+    """
+    sweep = {}
+    for distance in (None, *distances):
+        shrunk = crops if distance is None else shrink_to_eye_distance(crops, distance)
+        p_female = predict(shrunk)
+        correct = (p_female >= threshold).astype(int) == labels
+        sweep["full" if distance is None else f"{distance:g}"] = {
+            "eye_distance": distance,
+            **_scores(correct, answered(p_female, unsure_below)),
+        }
+    return sweep
+
+
+def choose_min_eye_distance(sweep: dict[str, dict[str, Any]], tolerance: float) -> float:
+    """The smallest eye distance above which answered accuracy stays within `tolerance` of full."""
+    full = sweep["full"]["accuracy"]
+    measured = sorted((p for p in sweep.values() if p["eye_distance"]), key=_eyes, reverse=True)
+    chosen = _eyes(measured[0])
+    for point in measured:
+        if point["accuracy"] < full - tolerance:
+            break
+        chosen = _eyes(point)
+    return chosen
+
+
+def _eyes(point: dict[str, Any]) -> float:
+    return float(point["eye_distance"])
 
 
 def _scores(correct: np.ndarray, keep: np.ndarray) -> dict[str, Any]:

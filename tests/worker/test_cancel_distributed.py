@@ -8,7 +8,8 @@ import redis
 from sqlalchemy import select
 from test_distributed import cli, cluster, counts, enqueue, wait_for, wait_job_done
 
-from worker.db import DONE, PENDING, Face, Image, make_engine
+from classifier.runtime import read_metadata
+from worker.db import DONE, PENDING, Face, Image, Job, make_engine
 
 pytestmark = pytest.mark.services
 __all__ = ["cluster"]  # the fixture, shared with test_distributed
@@ -22,7 +23,7 @@ def _folder(target: Path, files: list[Path]) -> Path:
 
 
 def test_a_cancelled_jobs_queued_chunks_are_skipped(
-    cluster, tmp_path, utkface_files, postgres_url, redis_url
+    cluster, tmp_path, utkface_files, postgres_url, redis_url, model_path
 ):
     cancelled = enqueue(_folder(tmp_path / "a", utkface_files[:20]), postgres_url, redis_url, 8)
     assert "20 pending images" in cli("cancel", str(cancelled), "--db", postgres_url)
@@ -44,6 +45,21 @@ def test_a_cancelled_jobs_queued_chunks_are_skipped(
         assert connection.execute(select(Face.id).where(Face.job_id == cancelled)).first() is None
     engine.dispose()
 
-    later = enqueue(_folder(tmp_path / "b", utkface_files[20:24]), postgres_url, redis_url, 8)
+    # The next job runs; the threshold given to enqueue is the one its faces are flagged by.
+    later_folder = _folder(tmp_path / "b", utkface_files[20:24])
+    later = int(
+        cli(
+            "enqueue", str(later_folder), "--db", postgres_url, "--broker", redis_url,
+            "--unsure-below", "1",
+        )
+    )  # fmt: skip
     wait_job_done(postgres_url, later, 120, worker)
     assert counts(postgres_url, later)[DONE] == 4
+    engine = make_engine(postgres_url)
+    with engine.connect() as connection:
+        job = connection.execute(select(Job).where(Job.id == later)).one()
+        flags = connection.scalars(select(Face.unsure).where(Face.job_id == later)).all()
+    engine.dispose()
+    model = read_metadata(model_path)
+    assert (job.unsure_below, job.min_eye_distance) == (1, model.min_eye_distance)
+    assert len(flags) >= 4 and all(flags)

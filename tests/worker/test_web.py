@@ -16,11 +16,13 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from email.message import Message
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import REPO, unavailable
@@ -332,3 +334,65 @@ def test_image_view_draws_every_box(browser, server, photos):
 def _image_of(database: Path, face_id: int) -> int:
     ((image_id,),) = _db(database, "SELECT image_id FROM faces WHERE id = ?", face_id)
     return image_id
+
+
+def test_unsure_and_model_filters_select_their_rows(server, photos):
+    import json
+
+    _, database = photos
+    ((face_id, version),) = _db(
+        database, "SELECT id, model_version FROM faces ORDER BY confidence DESC LIMIT 1"
+    )
+    _db(database, "UPDATE faces SET unsure = 1 WHERE id = ?", face_id)  # one flagged face
+    try:
+        shown = {}
+        for unsure in ("only", "exclude", "all"):
+            body = _get(f"{server}/export.json?unsure={unsure}")[2]
+            shown[unsure] = [(r["face_id"], r["unsure"]) for r in json.loads(body)["rows"]]
+        assert shown["only"] == [(face_id, True)]
+        assert len(shown["exclude"]) == 17 and not any(u for _, u in shown["exclude"])
+        assert sorted(shown["all"]) == sorted(shown["only"] + shown["exclude"])
+        gallery = _get(f"{server}/faces?unsure=only")[2].decode()
+        assert gallery.count("<figure") == 1 and 'class="flag">unsure' in gallery
+    finally:
+        _db(database, "UPDATE faces SET unsure = 0 WHERE id = ?", face_id)
+    for model, count in ((version, 18), ("another-model", 0)):
+        body = _get(f"{server}/export.json?model_version={urllib.parse.quote(model)}")[2]
+        assert len(json.loads(body)["rows"]) == count
+
+
+def test_thumbnails_of_a_big_exif_rotated_photo_decode_reduced_and_upright(utkface_files, tmp_path):
+    """Boxes are in upright original pixels: the thumbnail of a box on a 4000x3000 photo
+    stored sideways (EXIF orientation 6), decoded at a fraction of its size, shows the
+    same pixels as a crop of the whole upright decode."""
+    from PIL import Image as PILImage
+
+    from detector import load_image
+    from worker.web import pictures
+
+    upright = PILImage.new("RGB", (4000, 3000), (90, 120, 60))
+    face = PILImage.open(utkface_files[50]).convert("RGB").resize((1200, 1200))
+    upright.paste(face, (2500, 900))  # the box below, in upright pixels
+    stored = upright.transpose(PILImage.Transpose.ROTATE_90)  # orientation 6 turns it back
+    exif = PILImage.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "sideways.jpg"
+    stored.save(path, quality=95, exif=exif)
+    box = (2700.0, 1100.0, 800.0, 800.0)
+    real = pictures.servable_path(str(path), None, str(tmp_path))
+    thumb = np.asarray(
+        PILImage.open(
+            io.BytesIO(pictures.thumbnail(real, pictures.file_identity(real), box, 4000))
+        ),
+        np.float32,
+    )
+    whole = load_image(path).pixels
+    assert whole.shape == (3000, 4000, 3)
+    side = 800 * (1 + 2 * pictures.MARGIN)
+    left, top = round(2700 + 400 - side / 2), round(1100 + 400 - side / 2)
+    crop = PILImage.fromarray(whole[top : top + round(side), left : left + round(side)])
+    expected = np.asarray(crop.resize(thumb.shape[1::-1], PILImage.Resampling.BOX), np.float32)
+    assert thumb.shape[:2] == (160, 160)
+    assert np.abs(thumb - expected).mean() < 6
+    turned = np.asarray(crop.transpose(PILImage.Transpose.ROTATE_90).resize((160, 160)))
+    assert np.abs(thumb - turned).mean() > 3 * np.abs(thumb - expected).mean()

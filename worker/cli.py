@@ -541,7 +541,9 @@ def _annotate_job(job_id: int, out: Path, db_url: str, draw_faces, save_rgb) -> 
 @click.option(
     "--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0: any free."
 )
-@click.option("--threads", type=click.IntRange(1), default=4, show_default=True)
+@click.option(
+    "--threads", type=click.IntRange(1), default=4, show_default=True, help="Requests at once."
+)
 def serve(db_url: str, host: str, port: int, threads: int) -> None:
     """Browse results in a web browser: jobs, a face gallery, images, exports (read-only)."""
     from waitress import create_server

@@ -13,19 +13,21 @@ from pathlib import Path
 
 import click
 
-BACKBONE_CHOICES = ("efficientnet_lite0", "resnet50")
+BACKBONE_CHOICES = ("efficientnet_lite0", "resnet50", "dlib_resnet")
 
 
 class _Unfreeze(click.ParamType):
-    """A layer count, or "all"."""
+    """A layer count, "all", or "none" (0: train the head only)."""
 
-    name = "N|all"
+    name = "N|all|none"
 
     def convert(
         self, value: object, param: click.Parameter | None, ctx: click.Context | None
     ) -> int | None:
         if value is None or (isinstance(value, str) and value.lower() == "all"):
             return None
+        if isinstance(value, str) and value.lower() == "none":
+            return 0
         try:
             count = int(value)  # type: ignore[call-overload]
         except (TypeError, ValueError):
@@ -33,6 +35,19 @@ class _Unfreeze(click.ParamType):
         if count < 0:
             self.fail("must be 0 or more", param, ctx)
         return count
+
+
+def _head_units(text: str) -> tuple[int, ...]:
+    """Units like "128,64" -> (128, 64); "none" -> () (logistic regression)."""
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        units = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected units like 128,64 or 'none'") from None
+    if any(unit < 1 for unit in units):
+        raise click.BadParameter("every layer needs at least one unit")
+    return units
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -61,8 +76,8 @@ data_option = click.option(
     "data_dir",
     required=True,
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="UTKFace-named images, or male/ + female/ folders (optionally under "
-    "Training/ and Validation/).",
+    help="UTKFace-named images, male/ + female/ folders (optionally under "
+    "Training/ and Validation/), or images with a labels.csv (file,gender; evaluation only).",
 )
 limit_option = click.option(
     "--limit",
@@ -92,7 +107,16 @@ limit_option = click.option(
     type=_Unfreeze(),
     default="20",
     show_default=True,
-    help="Train the last N layers of the backbone ('all' for every layer, 0 for none).",
+    help="Train the last N layers of the backbone ('all' for every layer, 'none' or 0 for "
+    "the head only; dlib_resnet then trains on cached descriptors).",
+)
+@click.option(
+    "--head",
+    "head_units",
+    default="128,64",
+    show_default=True,
+    metavar="UNITS,...|none",
+    help="Hidden Dense layers of the head ('none': logistic regression on the features).",
 )
 @click.option(
     "--train-batchnorm/--freeze-batchnorm",
@@ -150,6 +174,7 @@ def train(
     lr_schedule: str,
     label_smoothing: float,
     dropout: float,
+    head_units: str,
     patience: int,
     no_augment: bool,
     seed: int,
@@ -175,6 +200,7 @@ def train(
         lr_schedule=lr_schedule,
         label_smoothing=label_smoothing,
         dropout=dropout,
+        head=_head_units(head_units),
         patience=patience,
         augmentation=Augmentation(rotation=0, translation=0, zoom=0, shear=0, horizontal_flip=False)
         if no_augment
@@ -213,15 +239,31 @@ def train(
     help="Folder for evaluation.json and evaluation.png [default: the model's folder].",
 )
 @limit_option
+@click.option(
+    "--backend",
+    default="auto",
+    show_default=True,
+    help="Inference runtime to measure: auto (what serving picks, e.g. litert-int8), "
+    "keras, or another classifier backend.",
+)
 def evaluate(
-    data_dir: Path, model_path: Path | None, split: str, out: Path | None, limit: int | None
+    data_dir: Path,
+    model_path: Path | None,
+    split: str,
+    out: Path | None,
+    limit: int | None,
+    backend: str,
 ) -> None:
-    """Score a model on one split of --data (no face = wrong) and print the JSON summary."""
+    """Score a model on one split of --data (no face = wrong) and print the JSON summary.
+
+    A webfaces-style folder (labels.csv) has a val split (even file numbers, for
+    selection) and a test split (odd, for the report), scored per gender.
+    """
     _set_up_runtime()
     from classifier.training.evaluation import evaluate as run_evaluation
 
     try:
-        result = run_evaluation(model_path, data_dir, split, out, limit)
+        result = run_evaluation(model_path, data_dir, split, out, limit, backend)
     except _user_errors() as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(json.dumps(result, indent=2))

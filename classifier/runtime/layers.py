@@ -13,13 +13,14 @@ class Preprocess(keras.layers.Layer):
     disagree about normalisation.
     - "lite": (x - 127) / 128, EfficientNet-Lite's ImageNet preprocessing.
     - "caffe": RGB -> BGR minus the ImageNet means, ResNet50's `preprocess_input`.
+    - "pixels": RGB 0..255 as float, for backbones that normalise inside (the dlib port).
     """
 
     _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
     def __init__(self, mode: str = "lite", **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if mode not in ("lite", "caffe"):
+        if mode not in ("lite", "caffe", "pixels"):
             raise ValueError(f"unknown preprocessing mode {mode!r}")
         self.mode = mode
 
@@ -27,6 +28,8 @@ class Preprocess(keras.layers.Layer):
         x = keras.ops.cast(inputs, self.compute_dtype)
         if self.mode == "lite":
             return (x - 127.0) / 128.0
+        if self.mode == "pixels":
+            return x
         bgr = keras.ops.flip(x, axis=-1)
         return bgr - keras.ops.convert_to_tensor(self._CAFFE_MEAN_BGR, dtype=self.compute_dtype)
 

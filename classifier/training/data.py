@@ -89,12 +89,21 @@ def sample_splits(
 
 
 def load_splits(
-    data_dir: Path, limit: int | None = None, seed: int = 1234
+    data_dir: Path,
+    limit: int | None = None,
+    seed: int = 1234,
+    only: Sequence[str] | None = None,
 ) -> dict[str, SplitCrops]:
-    """Discover `data_dir`, split it and load (building if needed) the crops of every split."""
+    """Discover `data_dir`, split it and load (building if needed) the crops of every split.
+
+    `only` restricts the result, and the crops built, to the named splits: an
+    evaluation of the test split then never detects faces in the training images.
+    """
     splits = assign_splits(discover(Path(data_dir)))
     if limit is not None:
         splits = sample_splits(splits, limit, seed)
+    if only is not None:
+        splits = {split: members for split, members in splits.items() if split in only}
     everything = sorted((image for members in splits.values() for image in members), key=_path)
     row_of = {image.path: row for row, image in enumerate(everything)}
     log.info(

@@ -1,9 +1,12 @@
-"""Labelled face datasets: UTKFace file names, or `male/` and `female/` folders.
+"""Labelled face datasets: UTKFace file names, `male/` and `female/` folders, or labels.csv.
 
-Both layouts become one list of LabelledImage; any other layout is a
-DatasetLayoutError that says what was expected.
+Every layout becomes one list of LabelledImage; any other layout is a
+DatasetLayoutError that says what was expected. A `labels.csv` (`file,gender`,
+the webfaces layout) is evaluation data: files with an even number are its val
+split (model selection, calibration), odd ones its test split (the report).
 """
 
+import csv
 import random
 import re
 from collections import defaultdict
@@ -15,6 +18,8 @@ GENDERS = ("male", "female")  # index = label; the model's output is P(female)
 RACES = ("white", "black", "asian", "indian", "others")
 AGE_BANDS = ((0, 12, "0-12"), (13, 17, "13-17"), (18, 39, "18-39"), (40, 59, "40-59"))
 _UTK_NAME = re.compile(r"^(\d+)_([01])_(?:([0-4])_)?\d+")
+LABELS_CSV = "labels.csv"
+_NUMBER = re.compile(r"(\d+)")
 _KAGGLE_TOPS = {"training": "train", "train": "train", "validation": "val", "val": "val"}
 
 
@@ -62,6 +67,8 @@ def discover(root: Path) -> list[LabelledImage]:
     root = Path(root)
     if not root.is_dir():
         raise DatasetLayoutError(f"{root} is not a directory")
+    if (root / LABELS_CSV).is_file():
+        return _discover_labels_csv(root / LABELS_CSV)
     kaggle = _discover_gender_folders(root)
     if kaggle:
         return kaggle
@@ -82,6 +89,23 @@ def discover(root: Path) -> list[LabelledImage]:
             + (f" ({unlabelled} image files had other names)" if unlabelled else "")
         )
     return images
+
+
+def _discover_labels_csv(listing: Path) -> list[LabelledImage]:
+    """`file,gender` rows (gender male/female); the file's number picks val (even) or test."""
+    images = []
+    with open(listing, newline="") as handle:
+        for row in csv.DictReader(handle):
+            gender, number = row["gender"].strip().lower(), _NUMBER.search(row["file"])
+            if gender not in GENDERS or number is None:
+                raise DatasetLayoutError(
+                    f"{listing}: row {row} needs a numbered file and a gender of male/female"
+                )
+            split = "val" if int(number.group(1)) % 2 == 0 else "test"
+            images.append(
+                LabelledImage(listing.parent / row["file"], GENDERS.index(gender), split=split)
+            )
+    return sorted(images, key=lambda image: image.path)
 
 
 def _discover_gender_folders(root: Path) -> list[LabelledImage]:

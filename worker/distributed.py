@@ -140,6 +140,7 @@ def process_chunk(
     image_ids: Sequence[int],
     models: Models,
     claimant: Claimant,
+    reuse: bool = True,
 ) -> BatchReport:
     """Process one chunk, then mark the job done if this chunk was its last.
 
@@ -155,28 +156,32 @@ def process_chunk(
         log.info("job %d is cancelled: skipping a chunk of %d images", job_id, len(image_ids))
         return BatchReport(skipped=len(image_ids))
     if len(image_ids) > 1 and retried_before(sessions, image_ids, claimant):
-        report = _one_by_one(sessions, image_ids, models, claimant)
+        report = _one_by_one(sessions, image_ids, models, claimant, reuse)
     else:
         try:
-            report = process_images(sessions, image_ids, models, claimant)
+            report = process_images(sessions, image_ids, models, claimant, reuse)
         except Exception as exc:
             if len(image_ids) == 1 or not is_out_of_memory(exc):
                 raise
             log.warning("job %d: out of memory on a chunk, its images go alone: %s", job_id, exc)
             release(sessions, image_ids, claimant, refund=True)
-            report = _one_by_one(sessions, image_ids, models, claimant)
+            report = _one_by_one(sessions, image_ids, models, claimant, reuse)
     finish_if_complete(sessions, job_id)
     return report
 
 
 def _one_by_one(
-    sessions: sessionmaker[Session], image_ids: Sequence[int], models: Models, claimant: Claimant
+    sessions: sessionmaker[Session],
+    image_ids: Sequence[int],
+    models: Models,
+    claimant: Claimant,
+    reuse: bool = True,
 ) -> BatchReport:
     """Each image alone; one out of memory even alone is charged, released, raised at the end."""
     report, exhausted = BatchReport(), []
     for image_id in image_ids:
         try:
-            report.add(process_images(sessions, [image_id], models, claimant))
+            report.add(process_images(sessions, [image_id], models, claimant, reuse))
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import case, func, null, select, union_all
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from worker.db import DONE, ERROR, PENDING, Face, Image, Job
 
@@ -47,10 +47,12 @@ def iter_results(
     min_confidence: float | None = None,
     include_empty: bool = False,
     unsure: str = "all",
+    model_version: str | None = None,
 ) -> Iterator[dict[str, Any]]:
     """One row per face (and, with include_empty, per image without one), by job and path.
 
     `unsure` (UNSURE_FILTERS): "only" the faces flagged unsure, or "exclude" them.
+    `model_version`: that model's rows; by default each image's newest (see _newest_version).
     """
     faces = select(
         Image.job_id,
@@ -76,6 +78,7 @@ def iter_results(
         faces = faces.where(Face.unsure.is_(unsure == "only"))
     if job_id is not None:
         faces = faces.where(Image.job_id == job_id)
+    faces = faces.where(Face.model_version == model_version if model_version else _newest_version())
     if not include_empty:
         ordered = faces.order_by(Image.job_id, Image.path, Face.face_index)
     else:
@@ -94,6 +97,28 @@ def iter_results(
         rows = session.execute(ordered, execution_options={"yield_per": _PAGE})
         for row in rows:
             yield dict(zip(RESULT_COLUMNS, row, strict=True))
+
+
+def _newest_version():
+    """The face row's image has no row written later (ids only grow) by another model version.
+
+    An image holds rows of several model versions after `reclassify`; by
+    default each image shows those of its newest, so an image not yet
+    re-classified still shows its earlier model's rows. (An anti-join on the
+    image's few rows, not an ORDER BY id LIMIT 1, which PostgreSQL may plan as
+    a scan of the whole table per row.)
+    """
+    later = aliased(Face)
+    return ~(
+        select(later.id)
+        .where(
+            later.image_id == Face.image_id,
+            later.id > Face.id,
+            later.model_version != Face.model_version,
+        )
+        .correlate(Face)
+        .exists()
+    )
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import and_, insert, select
+from sqlalchemy import Row, and_, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.batch import BatchReport, WorkItem
@@ -125,7 +125,7 @@ def _sources(session: Session, hashes: Sequence[str], key: ReuseKey) -> dict[str
         )
         .order_by(Image.id.desc())
     ).all()
-    newest: dict[str, tuple] = {}
+    newest: dict[str, Row] = {}
     for row in images:
         newest.setdefault(row.sha256, row)
     ids = [row.id for row in newest.values()]

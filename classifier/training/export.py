@@ -62,23 +62,29 @@ def export_fp32(model_path: Path) -> tuple[Path, dict[str, Any]]:
 def export_int8(
     model_path: Path, data_dir: Path, images: int = CALIBRATION_IMAGES
 ) -> tuple[Path, dict[str, Any]]:
-    """Quantise `model_path`, calibrated on crops of `images` training images: (path, record)."""
-    from classifier.training.data import load_splits, require
+    """Quantise `model_path`, calibrated on crops of `images` training images: (path, record).
 
-    splits = load_splits(data_dir)
-    require(splits, ("train",), data_dir)
-    train = splits["train"]
-    rows = train.rows[train.found]
-    chosen = np.sort(
-        np.random.default_rng(CALIBRATION_SEED).choice(rows, min(images, len(rows)), replace=False)
+    The images are drawn first and only their faces detected, so an export
+    needs seconds, not a crop cache of the whole data set.
+    """
+    from classifier.training.crops import load_or_build
+    from classifier.training.data import assign_splits
+    from classifier.training.datasets import DatasetLayoutError, discover
+
+    train = assign_splits(discover(data_dir))["train"]
+    if not train:
+        raise DatasetLayoutError(f"{data_dir}: no images in the train split")
+    picked = np.random.default_rng(CALIBRATION_SEED).choice(
+        len(train), min(images, len(train)), replace=False
     )
-    calibration = np.asarray(train.cropset.crops[chosen])
+    cropset = load_or_build([train[i].path for i in np.sort(picked)])
+    calibration = np.asarray(cropset.crops[cropset.found])
     details = {
         "quantization": "full-integer int8; int8 input (pixel - 128), float32 output",
         "calibration": {
             "data": data_dir.resolve().name,
             "split": "train",
-            "images": len(chosen),
+            "images": len(calibration),
             "seed": CALIBRATION_SEED,
         },
     }

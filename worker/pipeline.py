@@ -160,7 +160,9 @@ def process_batches(
             batch.report.seconds["db"] += time.perf_counter() - clock
             if key is not None:
                 clock = time.perf_counter()
-                batch.work = reuse_rows(sessions, batch.work, key, claimant, batch.report)
+                batch.work = reuse_rows(
+                    sessions, batch.work, key, claimant, batch.report, models.unsure
+                )
                 batch.report.seconds["reuse"] += time.perf_counter() - clock
             batch.started = time.perf_counter()
             stages.submit(batch)

@@ -145,7 +145,8 @@ def reclassify_images(
                 report.errors += 1
                 continue
             if image.job_id not in rules:
-                rules[image.job_id] = job_unsure_rule(session, image.job_id, UnsureRule())
+                fallback = classifier.metadata.unsure
+                rules[image.job_id] = job_unsure_rule(session, image.job_id, fallback)
             item = WorkItem(image.id, image.job_id, image.path, faces=image.faces)
             for index, prediction in enumerate(answers):
                 rows.append(face_row(item, index, prediction, version, rules[image.job_id]))

@@ -19,11 +19,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 from sqlalchemy import Row, and_, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from classifier.runtime.unsure import UnsureRule, eye_distance
+from detector.faces import LANDMARK_NAMES
 from worker.batch import BatchReport, WorkItem
 from worker.db import DONE, PENDING, Face, Image, Job, utcnow
+from worker.jobs import job_unsure_rule
 from worker.store import Claimant
 
 _HASH_THREADS = 4
@@ -65,8 +69,13 @@ def reuse(
     key: ReuseKey,
     claimant: Claimant,
     report: BatchReport,
+    unsure: UnsureRule,
 ) -> list[WorkItem]:
-    """Store the reusable items of `work` (copied rows); returns the items still to process."""
+    """Store the reusable items of `work` (copied rows); returns the items still to process.
+
+    Copied faces are flagged unsure by their new job's thresholds (`unsure`
+    where the job has none yet), as `store` flags the faces it classifies.
+    """
     if not work:
         return work
     with ThreadPoolExecutor(min(_HASH_THREADS, len(work))) as pool:
@@ -91,7 +100,8 @@ def reuse(
                 .with_for_update()
             )
         )
-        _copy(session, [(item, source) for item, source in copied if item.image_id in mine])
+        mine_copied = [(item, source) for item, source in copied if item.image_id in mine]
+        _copy(session, mine_copied, unsure)
     report.done += len(mine)
     report.reused += len(mine)
     report.faces += sum(source.face_count for item, source in copied if item.image_id in mine)
@@ -108,7 +118,7 @@ class _Source:
     width: int | None
     height: int | None
     face_count: int
-    faces: list[dict[str, object]]
+    faces: list[dict[str, Any]]
 
 
 def _sources(session: Session, hashes: Sequence[str], key: ReuseKey) -> dict[str, _Source]:
@@ -129,7 +139,7 @@ def _sources(session: Session, hashes: Sequence[str], key: ReuseKey) -> dict[str
     for row in images:
         newest.setdefault(row.sha256, row)
     ids = [row.id for row in newest.values()]
-    faces: dict[int, list[dict[str, object]]] = {i: [] for i in ids}
+    faces: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
     if ids:
         columns = [Face.image_id, *(getattr(Face, name) for name in _COPIED)]
         for row in session.execute(
@@ -145,9 +155,10 @@ def _sources(session: Session, hashes: Sequence[str], key: ReuseKey) -> dict[str
     }
 
 
-def _copy(session: Session, copies: list[tuple[WorkItem, _Source]]) -> None:
+def _copy(session: Session, copies: list[tuple[WorkItem, _Source]], unsure: UnsureRule) -> None:
     """Mark the items done with their source's facts and insert copies of its face rows."""
     now = utcnow()
+    rules = {job: job_unsure_rule(session, job, unsure) for job in {i.job_id for i, _ in copies}}
     ids = [item.image_id for item, _ in copies]
     rows = {row.id: row for row in session.scalars(select(Image).where(Image.id.in_(ids)))}
     face_rows = []
@@ -156,6 +167,10 @@ def _copy(session: Session, copies: list[tuple[WorkItem, _Source]]) -> None:
         row.status, row.face_count, row.processed_at = DONE, source.face_count, now
         row.sha256, row.width, row.height = source.sha256, source.width, source.height
         for face in source.faces:
-            face_rows.append({**face, "job_id": item.job_id, "image_id": item.image_id})
+            eyes = np.asarray([[face[f"{n}_{axis}"] for axis in "xy"] for n in LANDMARK_NAMES])
+            flagged = rules[item.job_id].is_unsure(float(face["confidence"]), eye_distance(eyes))
+            face_rows.append(
+                {**face, "job_id": item.job_id, "image_id": item.image_id, "unsure": flagged}
+            )
     if face_rows:
         session.execute(insert(Face), face_rows)

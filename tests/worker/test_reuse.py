@@ -9,6 +9,7 @@ from sqlalchemy import select
 from detector import DetectorSettings, FaceDetector
 from worker.db import DONE, Face, Image, open_database
 from worker.embedded import open_job, run_job
+from worker.jobs import record_unsure
 from worker.pipeline import Models
 
 # Every column of a face row but where it is stored.
@@ -90,3 +91,17 @@ def test_other_detector_settings_do_not_reuse(db_url, photos, models, tmp_path):
     other = Models(FaceDetector(settings, threads=1), models.classifier)
     _, report = _run(sessions, _copy(photos[:3], tmp_path / "b"), other)
     assert (report.done, report.reused) == (3, 0)
+
+
+def test_copied_faces_are_flagged_by_their_new_jobs_thresholds(db_url, photos, models, tmp_path):
+    sessions = open_database(db_url)
+    first, _ = _run(sessions, _copy(photos, tmp_path / "a"), models)
+    folder = _copy(photos, tmp_path / "b")
+    second, _ = open_job(sessions, folder)
+    record_unsure(sessions, second, unsure_below=1.0, min_eye_distance=None)  # all unsure
+    report, _ = run_job(sessions, second, folder, models, batch_size=4)
+    assert report.reused == len(photos)
+    with sessions() as session:
+        flags = session.execute(select(Face.job_id, Face.unsure)).all()
+    assert {unsure for job, unsure in flags if job == second} == {True}
+    assert {unsure for job, unsure in flags if job == first} != {True}

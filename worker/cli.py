@@ -184,7 +184,7 @@ def run(
     A continued job keeps the unsure thresholds it was started with.
     """
     from worker.embedded import open_job, run_job
-    from worker.jobs import finished_count
+    from worker.jobs import finished_count, is_cancelled
     from worker.results import job_statuses
 
     models, settings = _models(model_path, batch_size)
@@ -226,6 +226,10 @@ def run(
             raise Interrupted(
                 f"interrupted: job {job_id} stopped with {finished} of {registered} images "
                 f"finished; {again}"
+            )
+        if is_cancelled(sessions, job_id):
+            raise click.ClickException(
+                f"job {job_id} was cancelled with {finished} of {registered} images finished"
             )
         raise click.ClickException(
             f"job {job_id} is not finished ({finished} of {registered}); {again}"
@@ -353,7 +357,7 @@ def reclassify(
     "--include-empty",
     is_flag=True,
     help="Also one row per image with no face (none found, an error, or still pending); "
-    "--gender and --min-confidence select faces only.",
+    "--gender, --min-confidence and --unsure select faces only.",
 )
 @click.option(
     "--model-version",

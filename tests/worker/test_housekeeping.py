@@ -1,7 +1,11 @@
 """`facegender jobs`, `cancel` and `delete` on real databases, and a cancelled embedded run."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -92,3 +96,39 @@ def test_a_run_stops_between_batches_once_its_job_is_cancelled(sqlite_url, folde
     # The batch in flight when the job was cancelled may finish; nothing after it starts.
     assert statuses.count(DONE) == totals.done <= 3
     assert statuses.count(PENDING) >= 3
+
+
+IMAGES = 200
+
+
+def test_facegender_run_stops_when_cancelled_from_another_shell(
+    sqlite_url, tmp_path, utkface_files, model_path
+):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for path in utkface_files[:IMAGES]:
+        shutil.copy(path, folder / path.name)
+    facegender = str(Path(sys.executable).with_name("facegender"))
+    env = {**os.environ, "FACEGENDER_MODEL": str(model_path)}
+    run = subprocess.Popen(
+        [facegender, "run", str(folder), "--db", sqlite_url, "--batch-size", "2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    sessions = open_database(sqlite_url)
+    deadline = time.monotonic() + 120
+    while _done(sessions) < 2:  # started processing
+        assert run.poll() is None and time.monotonic() < deadline, run.communicate()
+        time.sleep(0.2)
+    cancel_job(sessions, 1)  # from this process: another shell, to the run
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 1
+    assert "Error: job 1 was cancelled with " in stderr
+    assert _done(sessions) < IMAGES  # it stopped instead of finishing the folder
+
+
+def _done(sessions) -> int:
+    with sessions() as session:
+        return session.scalar(select(func.count()).where(Image.status == DONE)) or 0

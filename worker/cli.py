@@ -670,11 +670,12 @@ def resume(
 ) -> None:
     """Queue again every image of JOB_ID that is still pending (after a lost broker or crash)."""
     from worker.distributed import resume_job
+    from worker.jobs import JobStateError
 
     try:
         with _sending(db_url, broker_url, queue) as (sessions, send):
             count, reset = resume_job(sessions, job_id, chunk_size, send, errors)
-    except LookupError as exc:  # no such job
+    except (LookupError, JobStateError) as exc:  # no such job, or cancelled
         raise click.ClickException(str(exc)) from exc
     if errors:
         stderr.print(f"job {job_id}: {reset} error rows with a transient cause made pending")

@@ -13,9 +13,10 @@ from sqlalchemy import and_, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.batch import BatchReport
-from worker.db import ERROR, PENDING, RUNNING, Image, Job
+from worker.db import CANCELLED, ERROR, PENDING, RUNNING, Image, Job
 from worker.faults import TRANSIENT_ERROR_CODES, is_out_of_memory
 from worker.jobs import (
+    JobStateError,
     create_job,
     finish_if_complete,
     is_cancelled,
@@ -79,8 +80,11 @@ def resume_job(
     worker.faults.TRANSIENT_ERROR_CODES) are made pending again first.
     """
     with sessions() as session:
-        if session.get(Job, job_id) is None:
+        job = session.get(Job, job_id)
+        if job is None:
             raise LookupError(f"no job {job_id}")
+        if job.status == CANCELLED:
+            raise JobStateError(f"job {job_id} is cancelled: start a new one with `enqueue`")
     reset = reset_transient_errors(sessions, job_id) if errors else 0
     return _send_pending(sessions, job_id, chunk_size, send), reset
 

@@ -14,8 +14,9 @@ from sqlalchemy import func, select
 
 from worker.cli import main
 from worker.db import CANCELLED, DONE, PENDING, Face, Image, Job, open_database
+from worker.distributed import resume_job
 from worker.embedded import run_folder, run_job
-from worker.jobs import cancel_job, create_job
+from worker.jobs import JobStateError, cancel_job, create_job
 
 
 @pytest.fixture
@@ -61,6 +62,10 @@ def test_jobs_cancel_delete(db_url, folder, models):
     assert out.exit_code == 0 and "6 pending images will not be processed" in out.output
     with sessions() as session:
         assert session.get(Job, queued).status == CANCELLED
+    sent: list = []
+    with pytest.raises(JobStateError, match=f"job {queued} is cancelled"):
+        resume_job(sessions, queued, 8, lambda job, ids: sent.append(ids), errors=True)
+    assert sent == []
 
     out = runner.invoke(main, ["delete", str(done_job), "--db", db_url], input="n\n")
     assert out.exit_code == 1 and _count(sessions, Face, done_job) == 6  # declined: kept

@@ -14,13 +14,15 @@ backend and settings describe the detection, not that classifier).
 
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import cache
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Row, and_, insert, select
+from sqlalchemy import Row, and_, bindparam, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from classifier.runtime.unsure import UnsureRule, eye_distance
@@ -63,6 +65,15 @@ def file_sha256(path: str) -> str | None:
     return digest.hexdigest()
 
 
+@cache
+def _hashing() -> ThreadPoolExecutor:
+    """The hashing threads, started once per process (`cache` is cleared in a forked child)."""
+    return ThreadPoolExecutor(_HASH_THREADS, "facegender-hash")
+
+
+os.register_at_fork(after_in_child=_hashing.cache_clear)
+
+
 def reuse(
     sessions: sessionmaker[Session],
     work: list[WorkItem],
@@ -78,8 +89,7 @@ def reuse(
     """
     if not work:
         return work
-    with ThreadPoolExecutor(min(_HASH_THREADS, len(work))) as pool:
-        hashes = list(pool.map(file_sha256, [item.path for item in work]))
+    hashes = list(_hashing().map(file_sha256, [item.path for item in work]))
     known = {h for h in hashes if h is not None}
     if not known:
         return work
@@ -159,18 +169,31 @@ def _copy(session: Session, copies: list[tuple[WorkItem, _Source]], unsure: Unsu
     """Mark the items done with their source's facts and insert copies of its face rows."""
     now = utcnow()
     rules = {job: job_unsure_rule(session, job, unsure) for job in {i.job_id for i, _ in copies}}
-    ids = [item.image_id for item, _ in copies]
-    rows = {row.id: row for row in session.scalars(select(Image).where(Image.id.in_(ids)))}
-    face_rows = []
+    images, face_rows = [], []
     for item, source in copies:
-        row = rows[item.image_id]
-        row.status, row.face_count, row.processed_at = DONE, source.face_count, now
-        row.sha256, row.width, row.height = source.sha256, source.width, source.height
+        images.append(
+            {
+                "image": item.image_id,
+                "face_count": source.face_count,
+                "sha256": source.sha256,
+                "width": source.width,
+                "height": source.height,
+            }
+        )
         for face in source.faces:
             eyes = np.asarray([[face[f"{n}_{axis}"] for axis in "xy"] for n in LANDMARK_NAMES])
             flagged = rules[item.job_id].is_unsure(float(face["confidence"]), eye_distance(eyes))
             face_rows.append(
                 {**face, "job_id": item.job_id, "image_id": item.image_id, "unsure": flagged}
             )
+    if images:  # one executemany: no ORM objects for what is a plain copy
+        done = {"status": DONE, "processed_at": now}
+        columns = ("face_count", "sha256", "width", "height")
+        statement = (
+            update(Image)
+            .where(Image.id == bindparam("image"))
+            .values(**done, **{c: bindparam(c) for c in columns})
+        )
+        session.connection().execute(statement, images)
     if face_rows:
         session.execute(insert(Face), face_rows)

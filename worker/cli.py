@@ -313,6 +313,10 @@ def reclassify(
         version = classifier.version
     except ModelNotFoundError as exc:
         raise click.ClickException(str(exc)) from exc
+    from worker.results import job_statuses
+
+    if not job_statuses(sessions, job_id):
+        raise click.ClickException(f"no job {job_id}")
     ids = todo_ids(sessions, job_id, version)
     if distributed:
         from worker.distributed import chunked

@@ -134,3 +134,10 @@ def test_reclassify_command_never_builds_a_detector(sqlite_url, folder, models, 
     assert (
         _faces(sessions, new_version).keys() == _faces(sessions, models.classifier.version).keys()
     )
+
+
+def test_reclassify_of_an_unknown_job_says_so(sqlite_url):
+    open_database(sqlite_url)
+    command = [str(Path(sys.executable).with_name("facegender")), "reclassify", "7"]
+    done = subprocess.run([*command, "--db", sqlite_url], capture_output=True, text=True)
+    assert done.returncode == 1 and "no job 7" in done.stderr, done.stderr

@@ -231,7 +231,7 @@ def store(
                 .with_for_update()
             )
         }
-        rules = {job: job_unsure_rule(session, job, unsure) for job in {w.job_id for w in work}}
+        rules: dict[int, UnsureRule] = {}  # per job, looked up at its first face
         face_rows = []
         now = utcnow()
         for index, item in enumerate(work):
@@ -249,6 +249,8 @@ def store(
             row.status, row.face_count = DONE, len(item.faces)
             report.done += 1
             for face_index, prediction in by_work[index]:
+                if item.job_id not in rules:
+                    rules[item.job_id] = job_unsure_rule(session, item.job_id, unsure)
                 face_rows.append(
                     face_row(item, face_index, prediction, model_version, rules[item.job_id])
                 )

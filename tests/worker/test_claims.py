@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
+from classifier.runtime.unsure import UnsureRule
 from worker.batch import BatchReport, WorkItem
 from worker.db import DONE, ERROR, PENDING, Image, Job, open_database
 from worker.distributed import resume_job
@@ -48,7 +49,7 @@ def finish(sessions, ids, claimant) -> BatchReport:
     """Store `ids` as done with no faces, as the pipeline does for face-free images."""
     report = BatchReport()
     work = [WorkItem(image_id=i, job_id=0, path="") for i in ids]
-    store(sessions, work, [], [], "test-model", claimant, report)
+    store(sessions, work, [], [], "test-model", claimant, report, unsure=UnsureRule())
     return report
 
 

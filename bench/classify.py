@@ -1,6 +1,7 @@
 """Classifier throughput alone: faces/s on aligned crops at batch sizes 1..256, per backend.
 
     python bench/classify.py [--crops FILE.npy] [--backends keras,...] [--faces N] [--repeat 3]
+                             [--model PATH] [--baseline-model PATH]
 
 Crops come from FILE.npy (N x 224 x 224 x 3 uint8) or are made from UTKFace
 images in $FACEGENDER_DATA (default ../shared/data) with the serving detector
@@ -10,6 +11,8 @@ a busy machine slows all alike; the median round is printed. The first batch
 of every size is a warm-up (tracing, compilation, re-planning) and not timed.
 Flip-averaging is off: one face is one model row (the shipped metadata also
 mirrors the faces the model is unsure of, about 7% of them: one more row each).
+With --baseline-model, each backend also runs that model (column `B@base`),
+interleaved the same way, and the ratios compare the two models per backend.
 """
 
 import argparse
@@ -56,6 +59,7 @@ def main() -> None:
     parser.add_argument("--crops", type=Path, help="an .npy of aligned crops")
     parser.add_argument("--faces", type=int, default=256)
     parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--baseline-model", type=Path, default=None, help="compare against it")
     parser.add_argument("--backends", default=None, help="comma-separated; default: all offered")
     parser.add_argument("--seconds", type=float, default=3.0, help="timing window per point")
     parser.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)))
@@ -80,16 +84,18 @@ def main() -> None:
         f"{len(crops)} crops, flip-average off, {len(os.sched_getaffinity(0))} CPUs, "
         f"median of {args.repeat} round(s) of {args.seconds:g}s per point"
     )
+    models = {"": args.model} | ({"@base": args.baseline_model} if args.baseline_model else {})
     classifiers = {}
     for backend in backends:
-        classifier = GenderClassifier(args.model, backend=backend)
-        classifier.metadata = replace(classifier.metadata, flip_average=False)
-        try:
-            classifier.load()
-        except ArtifactMissingError as exc:  # e.g. no float32 LiteRT file exported
-            print(f"skipping {backend}: {exc}")
-            continue
-        classifiers[backend] = classifier
+        for suffix, model in models.items():
+            classifier = GenderClassifier(model, backend=backend)
+            classifier.metadata = replace(classifier.metadata, flip_average=False)
+            try:
+                classifier.load()
+            except ArtifactMissingError as exc:  # e.g. no float32 LiteRT file exported
+                print(f"skipping {backend}{suffix}: {exc}")
+                continue
+            classifiers[backend + suffix] = classifier
     backends = list(classifiers)
     rounds: dict[str, list[list[float]]] = {b: [[] for _ in sizes] for b in backends}
     for _ in range(args.repeat):
@@ -101,6 +107,11 @@ def main() -> None:
     print("batch  " + "  ".join(f"{b:>12}" for b in backends))
     for i, size in enumerate(sizes):
         print(f"{size:>5}  " + "  ".join(f"{rows[b][i]:12.1f}" for b in backends))
+    if args.baseline_model:
+        for backend in (b for b in backends if f"{b}@base" in rows):
+            best = max(rows[backend]) / max(rows[f"{backend}@base"])
+            print(f"best {backend} / best {backend}@base: {best:.2f}x")
+        return
     base = backends[0]
     for backend in backends[1:]:
         best = max(rows[backend]) / max(rows[base])

@@ -46,9 +46,3 @@ def descriptors(
         features += views
         labels += [part.labels[part.found]] * len(views)
     return np.concatenate(features).astype(np.float32), np.concatenate(labels)
-
-
-def balanced_class_weight(labels: np.ndarray) -> dict[int, float]:
-    """Weights that give each gender half the loss, whatever the mix (celebahq_male is all male)."""
-    counts = np.bincount(labels, minlength=2)
-    return {label: len(labels) / (2 * count) for label, count in enumerate(counts) if count}

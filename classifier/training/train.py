@@ -25,12 +25,7 @@ from classifier.runtime.metadata import ModelMetadata, write_metadata
 from classifier.training.augmentation import Augmentation
 from classifier.training.backbones import DEFAULT_BACKBONE, build_backbone
 from classifier.training.data import SplitCrops, load_splits, require
-from classifier.training.descriptors import (
-    balanced_class_weight,
-    descriptors,
-    head_model,
-    uses_cached_descriptors,
-)
+from classifier.training.descriptors import descriptors, head_model, uses_cached_descriptors
 from classifier.training.evaluation import predict_split
 from classifier.training.feeding import CropBatches
 from classifier.training.metrics import (
@@ -187,8 +182,10 @@ def fit_head_on_descriptors(
 ) -> None:
     """Fit `model`'s head on cached descriptors of its frozen backbone (see descriptors.py).
 
-    Trains on every part's crops and their mirrors, each gender weighted to half
-    the loss; leaves the best-val-accuracy weights of the full model in BEST_WEIGHTS.
+    Trains on every part's crops and their mirrors, unweighted: with UTKFace plus
+    2,000 all-male celebahq faces, weighting each gender to half the loss moved
+    UTKFace val to women 94.9 / men 90.4 (92.6 overall), unweighted 92.6 / 92.8
+    (92.7). Leaves the best-val-accuracy weights of the full model in BEST_WEIGHTS.
     """
     out = Path(config.out_dir)
     head = head_model(model)
@@ -201,7 +198,6 @@ def fit_head_on_descriptors(
         batch_size=config.batch_size,
         epochs=config.epochs,
         validation_data=(x_val, y_val),
-        class_weight=balanced_class_weight(y),
         shuffle=True,
         callbacks=_callbacks(out, config, done),
         verbose=verbose,

@@ -95,67 +95,75 @@ def reach(size: int, pad: int, scaled: int) -> tuple[int, int]:
 
 
 def nms(boxes: np.ndarray, threshold: float, method: str, sort: bool) -> np.ndarray:
-    """`smart_nms_from_bboxes`, same result, a few array calls per batch.
+    """`smart_nms_from_bboxes`, same result, in memory that grows with the boxes, not their square.
 
     Per image, in score order when `sort` (else in the given order), a box is
     dropped when any box before it overlaps it by more than `threshold` (IoU,
     or intersection over the smaller area for "min"), dropped or not: the
-    package's rule, not greedy NMS. Images are stacked into one padded
-    (images, boxes, boxes) overlap array, in chunks of bounded size, instead
-    of a Python loop over images; the result keeps the package's row order
-    (by image, then by score).
+    package's rule, not greedy NMS. Such an overlap needs the two boxes to
+    intersect, so only pairs whose x spans meet are compared (a sweep over
+    the boxes sorted by x1), a bounded slice of pairs at a time: a crowd's
+    thousands of PNet proposals cost a few MB instead of their N x N
+    matrices. The result keeps the package's row order (by image, then by
+    score). `threshold` must be >= 0.
     """
     if not len(boxes):
         return np.empty((0, boxes.shape[1]))
     if sort:  # the package's own sort, so that ties fall the same way
         boxes = boxes[np.argsort(boxes[:, 5])[::-1]]
-    images, counts = np.unique(boxes[:, 0], return_counts=True)
-    order = np.argsort(boxes[:, 0], kind="stable")  # by image, keeping the score order
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    keep = np.zeros(len(boxes), dtype=bool)
-    for chunk in _chunks(counts):
-        width = int(counts[chunk].max())
-        slot = np.arange(width)
-        rows = starts[chunk, None] + slot  # (images, width) positions in `order`
-        valid = slot < counts[chunk, None]
-        index = order[np.where(valid, rows, 0)]
-        suppressed = _overlapped(boxes[index, 1:5], valid, threshold, method)
-        keep[index[valid & ~suppressed]] = True
-    return boxes[order[keep[order]]]
+    boxes = boxes[np.argsort(boxes[:, 0], kind="stable")]  # by image, keeping the score order
+    return boxes[~_suppressed(boxes, threshold, method)]
 
 
-def _chunks(counts: np.ndarray, budget: int = 1 << 20) -> list[np.ndarray]:
-    """Images grouped so that (images x widest^2) overlap entries stay under `budget`."""
-    by_size = np.argsort(counts, kind="stable")
-    chunks: list[np.ndarray] = []
-    current: list[int] = []
-    for image in by_size:
-        if current and (len(current) + 1) * int(counts[image]) ** 2 > budget:
-            chunks.append(np.array(sorted(current)))
-            current = []
-        current.append(image)
-    chunks.append(np.array(sorted(current)))
-    return chunks
+def _suppressed(boxes: np.ndarray, threshold: float, method: str) -> np.ndarray:
+    """True for each box that an earlier box of its image overlaps by more than `threshold`.
 
-
-def _overlapped(
-    corners: np.ndarray, valid: np.ndarray, threshold: float, method: str
-) -> np.ndarray:
-    """(images, width) True where an earlier valid box of the same image overlaps too much.
-
-    The overlap is computed as `mtcnn.utils.bboxes.iou` does (float64, same
-    operation order), so the comparisons with `threshold` come out the same.
+    Rows are by image, earlier first. Each box's candidates are the boxes of
+    its image whose x1 lies within (x1 - widest, x2) (a pixel of slack each
+    side): every box that can intersect it.
     """
-    a, b = corners[:, None, :, :], corners[:, :, None, :]  # [i, j] pairs box j with box i
-    area = (corners[..., 2] - corners[..., 0]) * (corners[..., 3] - corners[..., 1])
-    height = np.maximum(0, np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]))
-    width = np.maximum(0, np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]))
+    x1, x2 = boxes[:, 1], boxes[:, 3]
+    widest = max(float(np.max(x2 - x1)), 0.0) + 1
+    _, image = np.unique(boxes[:, 0], return_inverse=True)
+    # One sorted axis for all images: each image's x1s shifted past the previous image's reach.
+    span = float(np.max(x2) - np.min(x1)) + 2 * widest + 2
+    key = (x1 - np.min(x1)) + image * span
+    by_key = np.argsort(key, kind="stable")
+    low = np.searchsorted(key[by_key], key - widest, "left")
+    high = np.searchsorted(key[by_key], key + np.maximum(x2 - x1, 0) + 1, "right")
+    suppressed = np.zeros(len(boxes), dtype=bool)
+    for first, stop in _slices(high - low):
+        counts = (high - low)[first:stop]
+        later = np.repeat(np.arange(first, stop), counts)
+        offset = np.arange(len(later)) - np.repeat(np.cumsum(counts) - counts, counts)
+        earlier = by_key[np.repeat(low[first:stop], counts) + offset]
+        pair = (earlier < later) & (image[earlier] == image[later])
+        earlier, later = earlier[pair], later[pair]
+        over = _overlap(boxes[earlier, 1:5], boxes[later, 1:5], method) > threshold
+        suppressed[later[over]] = True
+    return suppressed
+
+
+def _slices(counts: np.ndarray, budget: int = 1 << 18) -> list[tuple[int, int]]:
+    """Consecutive [first, stop) row ranges holding about `budget` candidate pairs each."""
+    ends = np.cumsum(counts)
+    cuts = np.searchsorted(ends, np.arange(budget, int(ends[-1]), budget), "right")
+    bounds = np.unique(np.concatenate([[0], cuts, [len(counts)]]))
+    return list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=False))
+
+
+def _overlap(a: np.ndarray, b: np.ndarray, method: str) -> np.ndarray:
+    """Overlap of box pairs (rows of corners), as `mtcnn.utils.bboxes.iou` computes it.
+
+    The same float64 operations in the same order, so the comparisons with a
+    threshold come out the package's.
+    """
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    height = np.maximum(0, np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]))
+    width = np.maximum(0, np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]))
     inter = height * width
     with np.errstate(divide="ignore", invalid="ignore"):
         if method == "union":
-            overlap = inter / (area[:, :, None] + area[:, None, :] - inter)
-        else:
-            overlap = inter / np.minimum(area[:, :, None], area[:, None, :])
-    count = corners.shape[1]
-    earlier = np.triu(np.ones((count, count), dtype=bool), k=1)  # i < j
-    return ((overlap > threshold) & earlier & valid[:, :, None]).any(axis=1)
+            return inter / (area_a + area_b - inter)
+        return inter / np.minimum(area_a, area_b)

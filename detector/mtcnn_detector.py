@@ -21,10 +21,11 @@ import numpy as np
 from detector.faces import Face
 from detector.mtcnn_cascade import Cascade
 
-# Padded detection pixels per MTCNN call. A call holds its images in float32 with every
-# pyramid level (about 50 bytes per pixel), so this bounds it near 200 MB: small images
-# still share a call by the dozen, large photos go a few at a time.
-_CALL_PIXELS = 4_000_000
+# Padded detection pixels per MTCNN call. A call's largest PNet level holds about 60
+# bytes of activations per pixel, so this bounds a call near 120 MB (ONNX Runtime's arena
+# keeps the largest call's): small images still share a call by the dozen, a 1024-px
+# photo (1.97 MP padded) goes alone.
+_CALL_PIXELS = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -85,13 +86,15 @@ class FaceDetector:
         self, images: list[np.ndarray], pad_fraction: float, max_side: int
     ) -> list[list[Face]]:
         self.load()
-        prepared = [self._prepare(image, pad_fraction, max_side) for image in images]
+        shapes = [_padded(image.shape, pad_fraction, max_side) for image in images]
         results: list[list[Face]] = [[] for _ in images]
-        for call in _calls(prepared):
-            rows = self._run_mtcnn([prepared[i][0] for i in call], [prepared[i][2] for i in call])
+        for call in _calls(shapes):
+            # Prepared per call, so only one call's detection images are held at a time.
+            prepared = [self._prepare(images[i], pad_fraction, max_side) for i in call]
+            rows = self._run_mtcnn([image for image, _, _ in prepared], [p for _, _, p in prepared])
             for row in rows:
+                _, scale, pad = prepared[int(row[0])]
                 index = call[int(row[0])]
-                _, scale, pad = prepared[index]
                 image_height, image_width = images[index].shape[:2]
                 results[index].append(_to_face(row, scale, pad, image_width, image_height))
         for faces in results:
@@ -102,12 +105,9 @@ class FaceDetector:
         self, image: np.ndarray, pad_fraction: float, max_side: int
     ) -> tuple[np.ndarray, float, int]:
         """Downscale to max_side and pad; returns (detection image, scale, pad in det pixels)."""
-        height, width = image.shape[:2]
-        scale = min(1.0, max_side / max(height, width))
+        scale, size, pad = _geometry(image.shape, pad_fraction, max_side)
         if scale < 1.0:
-            size = (max(1, round(width * scale)), max(1, round(height * scale)))
             image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        pad = round(pad_fraction * max(image.shape[:2]))
         if pad:
             image = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
         return image, scale, pad
@@ -123,16 +123,32 @@ class FaceDetector:
         return self._cascade.detect(images, pads, s.min_face_size, thresholds)
 
 
-def _calls(prepared: list[tuple[np.ndarray, float, int]]) -> Iterator[list[int]]:
-    """Image indices per MTCNN call: equal sizes side by side, at most _CALL_PIXELS a call.
+def _geometry(
+    shape: tuple[int, ...], pad_fraction: float, max_side: int
+) -> tuple[float, tuple[int, int], int]:
+    """(scale, scaled (width, height), pad) of an image of `shape` (height, width, ...)."""
+    height, width = shape[:2]
+    scale = min(1.0, max_side / max(height, width))
+    if scale < 1.0:
+        width, height = max(1, round(width * scale)), max(1, round(height * scale))
+    return scale, (width, height), round(pad_fraction * max(height, width))
 
-    An image larger than the budget goes alone.
+
+def _padded(shape: tuple[int, ...], pad_fraction: float, max_side: int) -> tuple[int, int, int]:
+    """(height, width, pad) of an image's detection image, without making it."""
+    _, (width, height), pad = _geometry(shape, pad_fraction, max_side)
+    return height + 2 * pad, width + 2 * pad, pad
+
+
+def _calls(shapes: list[tuple[int, int, int]]) -> Iterator[list[int]]:
+    """Image indices per MTCNN call: equal (height, width, pad) side by side, at most
+    _CALL_PIXELS a call. An image larger than the budget goes alone.
     """
-    order = sorted(range(len(prepared)), key=lambda i: (prepared[i][0].shape, prepared[i][2]))
+    order = sorted(range(len(shapes)), key=lambda i: shapes[i])
     call: list[int] = []
     pixels = 0
     for index in order:
-        height, width = prepared[index][0].shape[:2]
+        height, width, _ = shapes[index]
         if call and pixels + height * width > _CALL_PIXELS:
             yield call
             call, pixels = [], 0

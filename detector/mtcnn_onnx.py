@@ -180,6 +180,10 @@ class MtcnnNetworks:
         # Idle threads sleep instead of spinning: the detector shares the cores with image
         # decoding and the classifier, and spinning threads halve everyone's speed.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # No memory pattern: it would plan (and keep) a buffer for every input shape seen.
+        # The arena stays: it reuses the largest call's activations instead of malloc and
+        # free per tensor, which leave hundreds of MB of fragments behind over a few calls.
+        options.enable_mem_pattern = False
         folder = weights_dir()
         self._sessions = {
             name: ort.InferenceSession(

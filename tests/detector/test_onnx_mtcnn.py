@@ -38,8 +38,9 @@ def test_nms_keeps_exactly_what_the_package_keeps(method: str, sort: bool) -> No
     from mtcnn.utils.bboxes import smart_nms_from_bboxes
 
     rng = np.random.default_rng(7)
-    for trial in range(60):
-        count = int(rng.integers(1, 200))
+    for trial in range(62):
+        # The last two: a crowd's worth of proposals, compared a slice of pairs at a time.
+        count = int(rng.integers(1, 200)) if trial < 60 else 3000
         corner = rng.uniform(0, 100, (count, 2))
         size = rng.uniform(0, 30, (count, 2))
         size[rng.random(count) < 0.05] = 0  # degenerate boxes: 0/0 overlaps
@@ -218,3 +219,50 @@ def test_the_serving_detector_does_not_import_tensorflow(crowd_files: list[Path]
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+_MEMORY_SCRIPT = """
+import sys
+import cv2
+from detector import FaceDetector, load_image
+
+def high_water_mib():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
+
+# Upscaled photos are noisy: thousands of PNet proposals each, the worst case for memory.
+photos = [
+    cv2.resize(load_image(path).pixels, (1024, 768), interpolation=cv2.INTER_CUBIC)
+    for path in sys.argv[1:]
+]
+detector = FaceDetector()
+detector.load()
+loaded = high_water_mib()
+detector.detect_batch(photos[:1])
+one = high_water_mib()
+detector.detect_batch(photos)
+print(one - loaded, high_water_mib() - loaded)
+"""
+
+
+def test_detection_memory_is_bounded_per_call(crowd_files: list[Path]) -> None:
+    """A 1024 x 768 photo, and a batch of 8, each add at most a few hundred MB (fresh process).
+
+    The high-water mark after loading is the baseline, so the first call's
+    set-up counts; an all-pairs NMS over a crowd's proposals once took 1 GB here.
+    """
+    names = ["0_Parade_Parade_0_275.jpg"] + [p.name for p in crowd_files[::29][:7]]
+    paths = [str(crowd_files[0].parent / name) for name in names]
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", _MEMORY_SCRIPT, *paths],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    one, batch = map(float, done.stdout.split())
+    print(f"detection peak over the loaded detector: one photo {one:.0f} MiB, 8 photos {batch:.0f}")
+    assert one < 300
+    assert batch < 300

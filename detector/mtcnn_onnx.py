@@ -1,30 +1,25 @@
-"""MTCNN's PNet, RNet and ONet as ONNX graphs on ONNX Runtime, built from the `mtcnn` weights.
+"""MTCNN's three networks as ONNX Runtime sessions, their graphs cached between starts.
 
-The weights are the `mtcnn` package's own (joblib files of the Keras layers'
-`get_weights()`); the graphs are built in memory at load time, so no model
-file enters the repository and no TensorFlow is needed to serve. Importing
-`mtcnn` would import TensorFlow, so its files are found without importing it.
-
-RNet and ONet take NHWC float32 crops, normalised as the package does
-((x - 127.5) / 128); PNet makes its pyramid level itself from uint8 pixels.
-Batch, height and width axes are free: ONNX Runtime runs any shape without
-tracing. The layers mirror `mtcnn.network`: Keras
-"same" max-pooling is SAME_UPPER (the extra pad after), and the dense layers
-read the features in Keras's order (a Permute to (W, H, C), then Flatten).
+The graphs are built from the `mtcnn` package's weights (detector.mtcnn_graphs)
+on the first start, which imports `onnx`, and saved under
+$FACEGENDER_CACHE/mtcnn (default ~/.cache/facegender); later starts hand the
+saved bytes to ONNX Runtime and never import `onnx`. A file's name carries the
+sha256 of the weights and of the builder's source, so new weights or a changed
+graph build anew. Importing `mtcnn` would import TensorFlow, so its files are
+found without importing it.
 """
 
+import hashlib
 import importlib.util
-from collections.abc import Sequence
+import os
+import tempfile
 from pathlib import Path
-from typing import Any
 
-import joblib
 import numpy as np
-import onnx
 import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
 
-_OPSET = 17
+CACHE_ENV = "FACEGENDER_CACHE"
+_BUILDER = Path(__file__).with_name("mtcnn_graphs.py")
 
 
 def weights_dir() -> Path:
@@ -35,138 +30,37 @@ def weights_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "assets" / "weights"
 
 
-class _Graph:
-    """A small builder: layers chained by name, weights taken in order as initializers."""
-
-    def __init__(self, name: str, weights: Sequence[np.ndarray]) -> None:
-        self.name = name
-        self._weights = list(weights)
-        self._used = 0
-        self.inputs: list[onnx.ValueInfoProto] = []
-        self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
-        self._count = 0
-
-    def _input(self, name: str, kind: int, shape: list[str | int]) -> str:
-        self.inputs.append(helper.make_tensor_value_info(name, kind, shape))
-        return name
-
-    def crops(self, size: int) -> str:
-        """Input `images`: normalised NHWC crops, as NCHW."""
-        images = self._input("images", TensorProto.FLOAT, ["batch", size, size, 3])
-        return self._node("Transpose", [images], perm=[0, 3, 1, 2])
-
-    def level(self) -> str:
-        """A pyramid level made from its inputs, as NCHW: the area resize as two products.
-
-        `pixels` (N, h, w, 3) uint8 are the images without their black border;
-        `rows` (level rows, h) and `cols` (w, level cols) weigh them as
-        `tf.image.resize(..., AREA)` of the padded image would (see
-        detector.mtcnn_images.area_weights). The border is constant and the
-        resize linear, so the level is the border's normalised value plus the
-        product of the normalised image with the weights: only the image's
-        pixels are read and only the level's wanted part is made.
-        """
-        pixels = self._input("pixels", TensorProto.UINT8, ["batch", "height", "width", 3])
-        rows = self._input("rows", TensorProto.FLOAT, ["level_height", "height"])
-        cols = self._input("cols", TensorProto.FLOAT, ["width", "level_width"])
-        x = self._node("Cast", [pixels], to=TensorProto.FLOAT)
-        x = self._node("Transpose", [x], perm=[0, 3, 1, 2])
-        x = self._node("Mul", [x, self._constant(np.array(1 / 128))])
-        x = self._node("MatMul", [self._node("MatMul", [rows, x]), cols])
-        return self._node("Add", [x, self._constant(np.array(-127.5 / 128))])
-
-    def _take(self) -> np.ndarray:
-        weight = self._weights[self._used]
-        self._used += 1
-        return np.asarray(weight, dtype=np.float32)
-
-    def _constant(self, value: np.ndarray) -> str:
-        name = f"w{len(self.initializers)}"
-        self.initializers.append(numpy_helper.from_array(value.astype(np.float32), name))
-        return name
-
-    def _node(self, op: str, inputs: list[str], **attributes: Any) -> str:
-        self._count += 1
-        output = f"{op.lower()}{self._count}"
-        self.nodes.append(helper.make_node(op, inputs, [output], **attributes))
-        return output
-
-    def conv(self, x: str) -> str:
-        kernel, bias = self._take(), self._take()  # Keras (kh, kw, in, out)
-        weight = self._constant(kernel.transpose(3, 2, 0, 1))
-        return self._node("Conv", [x, weight, self._constant(bias)])
-
-    def prelu(self, x: str, spatial: bool = True) -> str:
-        alpha = self._take()  # (1, 1, C) shared over H and W, or (C,) after a dense layer
-        slope = alpha.reshape(-1, 1, 1) if spatial else alpha.reshape(-1)
-        return self._node("PRelu", [x, self._constant(slope)])
-
-    def pool(self, x: str, size: int, same: bool) -> str:
-        padding = "SAME_UPPER" if same else "VALID"
-        return self._node(
-            "MaxPool", [x], kernel_shape=[size, size], strides=[2, 2], auto_pad=padding
-        )
-
-    def flatten_as_keras(self, x: str) -> str:
-        """Keras's Permute((2, 1, 3)) then Flatten, from NCHW: features in (W, H, C) order."""
-        return self._node("Flatten", [self._node("Transpose", [x], perm=[0, 3, 2, 1])], axis=1)
-
-    def dense(self, x: str) -> str:
-        kernel, bias = self._take(), self._take()  # Keras (in, out)
-        return self._node("Gemm", [x, self._constant(kernel), self._constant(bias)])
-
-    def softmax(self, x: str, axis: int) -> str:
-        return self._node("Softmax", [x], axis=axis)
-
-    def model(self, outputs: dict[str, str], rank: int) -> onnx.ModelProto:
-        if self._used != len(self._weights):
-            raise ValueError(f"{self.name}: {len(self._weights) - self._used} weights unused")
-        self.nodes += [helper.make_node("Identity", [x], [name]) for name, x in outputs.items()]
-        shape = [None] * rank
-        values = [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in outputs]
-        graph = helper.make_graph(self.nodes, self.name, self.inputs, values, self.initializers)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET)])
-        model.ir_version = 8  # what every ONNX Runtime of the supported range reads
-        onnx.checker.check_model(model)
-        return model
+def cache_dir() -> Path:
+    """$FACEGENDER_CACHE (default ~/.cache/facegender)/mtcnn."""
+    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "facegender"
+    return Path(root) / "mtcnn"
 
 
-def pnet_graph(weights: Sequence[np.ndarray]) -> onnx.ModelProto:
-    """On a pyramid level (see `_Graph.level`): `offsets` (N, 4, H', W') and `scores`
-    (N, H', W', 2), one cell per 12-px window of the level.
+def model_bytes(name: str) -> bytes:
+    """The named network's serialised ONNX model: from the cache, else built and cached.
 
-    The softmax runs channels-last, where ONNX Runtime has its fast path."""
-    g = _Graph("pnet", weights)
-    x = g.pool(g.prelu(g.conv(g.level())), 2, same=True)
-    x = g.prelu(g.conv(g.prelu(g.conv(x))))
-    offsets = g.conv(x)
-    scores = g.softmax(g._node("Transpose", [g.conv(x)], perm=[0, 2, 3, 1]), axis=-1)
-    return g.model({"offsets": offsets, "scores": scores}, rank=4)
+    The cache is written atomically (a temporary file renamed into place), so
+    processes starting at once never read half a file; an unwritable cache
+    only costs the build on every start.
+    """
+    weights = weights_dir() / f"{name}.lz4"
+    digest = hashlib.sha256(weights.read_bytes() + _BUILDER.read_bytes()).hexdigest()
+    path = cache_dir() / f"{name}-{digest[:24]}.onnx"
+    try:
+        return path.read_bytes()
+    except OSError:
+        pass
+    from detector.mtcnn_graphs import serialised  # imports onnx: first start only
 
-
-def rnet_graph(weights: Sequence[np.ndarray]) -> onnx.ModelProto:
-    """On 24x24 crops: `offsets` (N, 4) and `scores` (N, 2)."""
-    g = _Graph("rnet", weights)
-    x = g.pool(g.prelu(g.conv(g.crops(24))), 3, same=True)
-    x = g.pool(g.prelu(g.conv(x)), 3, same=False)
-    x = g.prelu(g.dense(g.flatten_as_keras(g.prelu(g.conv(x)))), spatial=False)
-    offsets = g.dense(x)
-    scores = g.softmax(g.dense(x), axis=-1)
-    return g.model({"offsets": offsets, "scores": scores}, rank=2)
-
-
-def onet_graph(weights: Sequence[np.ndarray]) -> onnx.ModelProto:
-    """On 48x48 crops: `offsets` (N, 4), `landmarks` (N, 10: 5 xs, 5 ys) and `scores` (N, 2)."""
-    g = _Graph("onet", weights)
-    x = g.pool(g.prelu(g.conv(g.crops(48))), 3, same=True)
-    x = g.pool(g.prelu(g.conv(x)), 3, same=False)
-    x = g.pool(g.prelu(g.conv(x)), 2, same=True)
-    x = g.prelu(g.dense(g.flatten_as_keras(g.prelu(g.conv(x)))), spatial=False)
-    offsets = g.dense(x)
-    landmarks = g.dense(x)
-    scores = g.softmax(g.dense(x), axis=-1)
-    return g.model({"offsets": offsets, "landmarks": landmarks, "scores": scores}, rank=2)
+    model = serialised(name, weights)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as out:
+            out.write(model)
+        os.replace(out.name, path)
+    except OSError:
+        pass
+    return model
 
 
 class MtcnnNetworks:
@@ -184,14 +78,11 @@ class MtcnnNetworks:
         # The arena stays: it reuses the largest call's activations instead of malloc and
         # free per tensor, which leave hundreds of MB of fragments behind over a few calls.
         options.enable_mem_pattern = False
-        folder = weights_dir()
         self._sessions = {
             name: ort.InferenceSession(
-                build(joblib.load(folder / f"{name}.lz4")).SerializeToString(),
-                options,
-                providers=["CPUExecutionProvider"],
+                model_bytes(name), options, providers=["CPUExecutionProvider"]
             )
-            for name, build in (("pnet", pnet_graph), ("rnet", rnet_graph), ("onet", onet_graph))
+            for name in ("pnet", "rnet", "onet")
         }
 
     def pnet(
@@ -199,7 +90,7 @@ class MtcnnNetworks:
     ) -> tuple[np.ndarray, np.ndarray]:
         """(offsets, face probability) per 12-px window of a pyramid level: (N, 4, H', W')
         and (N, H', W'). The level is made from uint8 `pixels` by the weights `rows` and
-        `cols` (see `_Graph.level`)."""
+        `cols` (see detector.mtcnn_graphs._Graph.level)."""
         feeds = {"pixels": pixels, "rows": rows, "cols": cols}
         offsets, scores = self._sessions["pnet"].run(None, feeds)
         return offsets, scores[..., 1]
@@ -210,6 +101,7 @@ class MtcnnNetworks:
         return offsets, scores[:, 1]
 
     def onet(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(offsets (N, 4), landmarks (N, 10), face probability (N,)) for 48x48 crops."""
+        """(offsets (N, 4), landmarks (N, 10: 5 xs, 5 ys), face probability (N,)) for 48x48
+        crops."""
         offsets, landmarks, scores = self._sessions["onet"].run(None, {"images": crops})
         return offsets, landmarks, scores[:, 1]

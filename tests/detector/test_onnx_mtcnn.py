@@ -4,6 +4,7 @@ The package is the reference here, so these tests import TensorFlow; the
 serving detector must not, which a fresh subprocess checks.
 """
 
+import os
 import subprocess
 import sys
 from collections import defaultdict
@@ -266,3 +267,30 @@ def test_detection_memory_is_bounded_per_call(crowd_files: list[Path]) -> None:
     print(f"detection peak over the loaded detector: one photo {one:.0f} MiB, 8 photos {batch:.0f}")
     assert one < 300
     assert batch < 300
+
+
+def test_a_second_start_loads_the_cached_graphs_without_onnx(
+    crowd_files: list[Path], tmp_path: Path
+) -> None:
+    """The first start builds and caches the graphs; the next, in a fresh process, only reads."""
+    script = (
+        "import sys\n"
+        "from detector import FaceDetector, load_image\n"
+        f"faces = FaceDetector().detect(load_image({str(crowd_files[3])!r}).pixels)\n"
+        "print('onnx' in sys.modules, [[round(v, 3) for v in f.box] for f in faces])\n"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "FACEGENDER_CACHE": str(tmp_path)}
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", script], cwd=repo, env=env, capture_output=True, text=True
+        )
+        for _ in range(2)
+    ]
+    assert all(done.returncode == 0 for done in runs), runs[-1].stderr
+    (first_onnx, first_faces), (second_onnx, second_faces) = (
+        done.stdout.split(" ", 1) for done in runs
+    )
+    assert (first_onnx, second_onnx) == ("True", "False")
+    assert first_faces == second_faces and first_faces.strip() != "[]"
+    assert len(list((tmp_path / "mtcnn").glob("*.onnx"))) == 3

@@ -65,7 +65,10 @@ def plan_threads(settings: Settings, cpus: int | None = None) -> ThreadPlan:
     """Detector workers and their threads, and the classifier's threads, for `cpus` cores.
 
     MTCNN's small convolutions use several cores badly from one call, so two
-    detector workers run at once, each on cpus/2 threads, and the classifier
+    detector workers run at once, each on cpus/2 threads (on 2 cores, 2 workers
+    of 1 ONNX Runtime thread detect 1.3-1.4x the images/s of 1 worker of 2
+    threads on UTKFace chips, crowds and webfaces; spinning ORT threads gain
+    nothing, see detector.mtcnn_onnx), and the classifier
     (XNNPACK scales well) gets every core from its own thread: they take turns
     more than they overlap. With FACEGENDER_TF_THREADS=N (a process sharing the
     machine with others, as `facegender worker --concurrency` sets it)

@@ -24,7 +24,7 @@ from detector.mtcnn_boxes import (
     scale_pyramid,
     square,
 )
-from detector.mtcnn_images import area_weights, crop_and_resize, level_size, normalise
+from detector.mtcnn_images import area_weights, crop_and_resize, level_size, normalise, planes
 from detector.mtcnn_onnx import MtcnnNetworks
 
 # The package's defaults for what the detector does not expose as settings.
@@ -42,7 +42,7 @@ class Cascade:
     def __init__(self, threads: int = 0) -> None:
         self._nets = MtcnnNetworks(threads)
         # PNet's face score for a window of pure padding (black).
-        black, same = np.zeros((1, 12, 12, 3), np.uint8), np.eye(12, dtype=np.float32)
+        black, same = np.zeros((1, 3, 12, 12), np.float32), np.eye(12, dtype=np.float32)
         self._padding_score = float(self._nets.pnet(black, same, same)[1][0, 0, 0])
 
     def detect(
@@ -96,7 +96,9 @@ class Cascade:
         found = []
         for ((height, width, _), pad), members in groups.items():
             crop = pad > 0 and threshold > 10 * self._padding_score
-            pixels = np.stack([images[i][pad : height - pad, pad : width - pad] for i in members])
+            pixels = planes(
+                np.stack([images[i][pad : height - pad, pad : width - pad] for i in members])
+            )
             inside_rows, inside_cols = range(pad, height - pad), range(pad, width - pad)
             for scale in scale_pyramid(width, height, min_face_size, _SCALE_FACTOR):
                 scaled_h, scaled_w = level_size(height, width, scale)

@@ -50,20 +50,19 @@ class _Graph:
     def level(self) -> str:
         """A pyramid level made from its inputs, as NCHW: the area resize as two products.
 
-        `pixels` (N, h, w, 3) uint8 are the images without their black border;
-        `rows` (level rows, h) and `cols` (w, level cols) weigh them as
+        `planes` (N, 3, h, w) float32 are the images without their black border
+        as colour planes divided by 128 (detector.mtcnn_images.planes: made once
+        per image, not per level); `rows` (level rows, h) and `cols` (w, level
+        cols) weigh them as
         `tf.image.resize(..., AREA)` of the padded image would (see
         detector.mtcnn_images.area_weights). The border is constant and the
         resize linear, so the level is the border's normalised value plus the
         product of the normalised image with the weights: only the image's
         pixels are read and only the level's wanted part is made.
         """
-        pixels = self._input("pixels", TensorProto.UINT8, ["batch", "height", "width", 3])
+        x = self._input("planes", TensorProto.FLOAT, ["batch", 3, "height", "width"])
         rows = self._input("rows", TensorProto.FLOAT, ["level_height", "height"])
         cols = self._input("cols", TensorProto.FLOAT, ["width", "level_width"])
-        x = self._node("Cast", [pixels], to=TensorProto.FLOAT)
-        x = self._node("Transpose", [x], perm=[0, 3, 1, 2])
-        x = self._node("Mul", [x, self._constant(np.array(1 / 128))])
         x = self._node("MatMul", [self._node("MatMul", [rows, x]), cols])
         return self._node("Add", [x, self._constant(np.array(-127.5 / 128))])
 

@@ -15,6 +15,14 @@ def normalise(image: np.ndarray) -> np.ndarray:
     return (image.astype(np.float32) - np.float32(127.5)) / np.float32(128)
 
 
+def planes(pixels: np.ndarray) -> np.ndarray:
+    """(N, h, w, 3) uint8 images as (N, 3, h, w) float32 planes / 128: PNet's input, made
+    once for all the pyramid levels (exact: 1/128 is a power of two)."""
+    scaled = pixels.transpose(0, 3, 1, 2).astype(np.float32, order="C")
+    scaled *= np.float32(1 / 128)
+    return scaled
+
+
 def level_size(height: int, width: int, scale: float) -> tuple[int, int]:
     """A pyramid level's (height, width): the float size truncated, as the package's is."""
     scaled_h, scaled_w = (np.asarray([height, width]) * scale).astype(np.int32)

@@ -86,12 +86,12 @@ class MtcnnNetworks:
         }
 
     def pnet(
-        self, pixels: np.ndarray, rows: np.ndarray, cols: np.ndarray
+        self, planes: np.ndarray, rows: np.ndarray, cols: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """(offsets, face probability) per 12-px window of a pyramid level: (N, 4, H', W')
-        and (N, H', W'). The level is made from uint8 `pixels` by the weights `rows` and
-        `cols` (see detector.mtcnn_graphs._Graph.level)."""
-        feeds = {"pixels": pixels, "rows": rows, "cols": cols}
+        and (N, H', W'). The level is made from `planes` (detector.mtcnn_images.planes) by
+        the weights `rows` and `cols` (see detector.mtcnn_graphs._Graph.level)."""
+        feeds = {"planes": planes, "rows": rows, "cols": cols}
         offsets, scores = self._sessions["pnet"].run(None, feeds)
         return offsets, scores[..., 1]
 

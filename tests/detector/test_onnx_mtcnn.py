@@ -15,7 +15,7 @@ import pytest
 
 from detector import FaceDetector, load_image
 from detector.mtcnn_boxes import nms
-from detector.mtcnn_images import area_weights, crop_and_resize, level_size, normalise
+from detector.mtcnn_images import area_weights, crop_and_resize, level_size, normalise, planes
 from detector.mtcnn_onnx import MtcnnNetworks
 
 
@@ -62,7 +62,7 @@ def test_onnx_networks_compute_the_keras_networks(keras_networks: list) -> None:
     for shape in [(2, 37, 53, 3), (1, 12, 12, 3), (3, 101, 64, 3)]:  # odd sizes: "same" pooling
         pixels = rng.integers(0, 256, shape, dtype=np.uint8)
         rows, cols = np.eye(shape[1], dtype=np.float32), np.eye(shape[2], dtype=np.float32)
-        offsets, scores = nets.pnet(pixels, rows, cols)  # a level at scale 1: the image
+        offsets, scores = nets.pnet(planes(pixels), rows, cols)  # a level at scale 1: the image
         expected = [np.asarray(t) for t in pnet(normalise(pixels))]
         assert np.allclose(offsets.transpose(0, 2, 3, 1), expected[0], atol=1e-5)
         assert np.allclose(scores, expected[1][..., 1], atol=1e-5)

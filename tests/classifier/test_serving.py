@@ -77,7 +77,8 @@ def test_the_version_changes_with_the_calibration(model_path: Path, tmp_path: Pa
     copy.with_suffix(".json").write_text(json.dumps(metadata))
     after = GenderClassifier(copy, backend="litert-int8").version
     assert after != before
-    assert after.startswith("efficientnet_lite0-") and len(after) == len(before)
+    backbone = metadata["backbone"]
+    assert after.startswith(f"{backbone}-") and len(after) == len(before)
 
 
 def test_backends_have_their_own_versions_and_provenance(model_path: Path) -> None:

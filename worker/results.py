@@ -143,7 +143,11 @@ class JobStatus:
 
 
 def job_statuses(sessions: sessionmaker[Session], job_id: int | None = None) -> list[JobStatus]:
-    """Counts per job (newest first), straight from the image and face rows."""
+    """Counts per job (newest first), straight from the image rows.
+
+    `faces` sums the done images' face counts: each face once, however many
+    model versions (`reclassify`) have rows for it.
+    """
     image_counts = (
         select(
             Image.job_id,
@@ -152,15 +156,14 @@ def job_statuses(sessions: sessionmaker[Session], job_id: int | None = None) -> 
             func.sum(case((Image.status == ERROR, 1), else_=0)).label("error"),
             func.sum(case((Image.status == PENDING, 1), else_=0)).label("pending"),
             func.max(Image.processed_at).label("last"),
+            func.sum(case((Image.status == DONE, Image.face_count), else_=0)).label("faces"),
         )
         .group_by(Image.job_id)
         .subquery()
     )
-    face_counts = select(Face.job_id, func.count().label("faces")).group_by(Face.job_id).subquery()
     query = (
-        select(Job, image_counts, face_counts.c.faces)
+        select(Job, image_counts)
         .outerjoin(image_counts, image_counts.c.job_id == Job.id)
-        .outerjoin(face_counts, face_counts.c.job_id == Job.id)
         .order_by(Job.id.desc())
     )
     if job_id is not None:

@@ -15,6 +15,7 @@ backend and settings describe the detection, not that classifier).
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -27,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from classifier.runtime.unsure import UnsureRule, eye_distance
 from detector.faces import LANDMARK_NAMES
+from detector.loading import DEFAULT_MAX_BYTES
 from worker.batch import BatchReport, WorkItem
 from worker.db import DONE, PENDING, Face, Image, Job, utcnow
 from worker.jobs import job_unsure_rule
@@ -54,14 +56,26 @@ class ReuseKey:
 
 
 def file_sha256(path: str) -> str | None:
-    """The file's sha256 as `load_image` computes it; None if it cannot be read."""
-    digest = hashlib.sha256()
+    """The file's sha256 as `load_image` computes it; None unless it is a readable regular file
+    within the loader's size limit (the pipeline then says what is wrong with it).
+
+    Opened without blocking and checked on the open descriptor: a pipe never blocks a batch.
+    """
     try:
-        with open(path, "rb") as file:
-            while chunk := file.read(_READ):
-                digest.update(chunk)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
         return None
+    digest = hashlib.sha256()
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > DEFAULT_MAX_BYTES:
+            return None
+        while chunk := os.read(fd, _READ):
+            digest.update(chunk)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     return digest.hexdigest()
 
 

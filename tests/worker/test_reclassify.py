@@ -15,7 +15,7 @@ from classifier import GenderClassifier
 from worker.db import DONE, ERROR, Face, Image, open_database
 from worker.embedded import run_folder
 from worker.reclassify import CHANGED, reclassify_job
-from worker.results import iter_results
+from worker.results import iter_results, job_statuses
 
 GEOMETRY = [
     c.name
@@ -107,6 +107,9 @@ def test_reclassify_writes_new_version_rows_from_stored_landmarks(
     assert len(shown) == len(old)
     picked = list(iter_results(sessions, job_id, model_version=old_version))
     assert {r["model_version"] for r in picked} == {old_version} and len(picked) == len(old)
+
+    (status,) = job_statuses(sessions, job_id)
+    assert status.faces == len(new) and status.error == 1  # each face once, whatever the versions
 
     again = reclassify_job(sessions, job_id, classifier)
     assert (again.images, again.faces) == (0, 0)

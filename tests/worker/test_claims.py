@@ -48,7 +48,8 @@ def take(sessions, ids, claimant) -> list[int]:
 def finish(sessions, ids, claimant) -> BatchReport:
     """Store `ids` as done with no faces, as the pipeline does for face-free images."""
     report = BatchReport()
-    work = [WorkItem(image_id=i, job_id=0, path="") for i in ids]
+    jobs = {image_id: row.job_id for image_id, row in rows(sessions).items()}
+    work = [WorkItem(image_id=i, job_id=jobs[i], path="") for i in ids]
     store(sessions, work, [], [], "test-model", claimant, report, unsure=UnsureRule())
     return report
 

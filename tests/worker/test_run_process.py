@@ -97,7 +97,7 @@ def test_ctrl_c_then_run_again_gives_the_rows_of_an_uninterrupted_run(
     assert finished.status == "done" and finished.total == 168 and finished.pending == 0
 
     reference = open_database(f"sqlite:///{tmp_path / 'reference.db'}")
-    straight, _ = run_folder(reference, photos, models, batch_size=16)
+    straight, _ = run_folder(reference, photos, models, batch_size=4, reuse=False)
     got, want = _faces(sessions, 1), _faces(reference, straight)
     assert [r[:4] for r in got] == [r[:4] for r in want] and len(got) > 168
     # Same images, faces and genders; positions within 2 px and confidences within 0.05,

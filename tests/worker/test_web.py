@@ -343,7 +343,8 @@ def test_unsure_and_model_filters_select_their_rows(server, photos):
     ((face_id, version),) = _db(
         database, "SELECT id, model_version FROM faces ORDER BY confidence DESC LIMIT 1"
     )
-    _db(database, "UPDATE faces SET unsure = 1 WHERE id = ?", face_id)  # one flagged face
+    flags = _db(database, "SELECT id, unsure FROM faces")
+    _db(database, "UPDATE faces SET unsure = (id = ?)", face_id)  # exactly one flagged face
     try:
         shown = {}
         for unsure in ("only", "exclude", "all"):
@@ -355,7 +356,8 @@ def test_unsure_and_model_filters_select_their_rows(server, photos):
         gallery = _get(f"{server}/faces?unsure=only")[2].decode()
         assert gallery.count("<figure") == 1 and 'class="flag">unsure' in gallery
     finally:
-        _db(database, "UPDATE faces SET unsure = 0 WHERE id = ?", face_id)
+        for row_id, unsure in flags:
+            _db(database, "UPDATE faces SET unsure = ? WHERE id = ?", unsure, row_id)
     for model, count in ((version, 18), ("another-model", 0)):
         body = _get(f"{server}/export.json?model_version={urllib.parse.quote(model)}")[2]
         assert len(json.loads(body)["rows"]) == count

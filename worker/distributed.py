@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from sqlalchemy import and_, update
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.batch import BatchReport
@@ -17,12 +17,13 @@ from worker.db import CANCELLED, ERROR, PENDING, RUNNING, Image, Job
 from worker.faults import TRANSIENT_ERROR_CODES, is_out_of_memory
 from worker.jobs import (
     JobStateError,
-    create_job,
     finish_if_complete,
     is_cancelled,
     mark_running,
-    pending_image_ids,
+    new_job,
+    pending_after,
     record_unsure,
+    register,
 )
 from worker.pipeline import Models, process_images
 from worker.store import Claimant, release, retried_before
@@ -59,12 +60,19 @@ def enqueue_folder(
 ) -> tuple[int, int]:
     """A job for every image under `root`, sent in chunks; (job id, images sent).
 
-    `unsure` (unsure_below, min_eye_distance) fixes those given on the job
-    before any chunk is sent; the others are the workers' model's.
+    Chunks are sent while the folder is still being scanned, and both go page
+    by page, so workers start at once and a folder of millions of files is
+    queued in constant memory. `unsure` (unsure_below, min_eye_distance) fixes
+    those given on the job before any chunk is sent; the others are the
+    workers' model's.
     """
-    job_id = create_job(sessions, root)
+    if chunk_size < 1:
+        raise ValueError("chunk size must be at least 1")
+    job_id = new_job(sessions, root)
     record_unsure(sessions, job_id, *unsure)
-    return job_id, _send_pending(sessions, job_id, chunk_size, send)
+    return job_id, _scan_and_send(
+        sessions, job_id, root, _Sender(sessions, job_id, chunk_size, send)
+    )
 
 
 def resume_job(
@@ -85,8 +93,15 @@ def resume_job(
             raise LookupError(f"no job {job_id}")
         if job.status == CANCELLED:
             raise JobStateError(f"job {job_id} is cancelled: start a new one with `enqueue`")
+        root = None if job.scan_done else Path(job.root)
     reset = reset_transient_errors(sessions, job_id) if errors else 0
-    return _send_pending(sessions, job_id, chunk_size, send), reset
+    sender = _Sender(sessions, job_id, chunk_size, send)
+    if root is not None:  # `enqueue` died during its scan: finish it, sending as it goes
+        return _scan_and_send(sessions, job_id, root, sender), reset
+    sender.send_pending(whole_chunks_only=False)
+    if not sender.images:
+        finish_if_complete(sessions, job_id)
+    return sender.images, reset
 
 
 def reset_transient_errors(sessions: sessionmaker[Session], job_id: int) -> int:
@@ -119,19 +134,67 @@ def reset_transient_errors(sessions: sessionmaker[Session], job_id: int) -> int:
     return len(reset)
 
 
-def _send_pending(sessions: sessionmaker[Session], job_id: int, chunk_size: int, send: Send) -> int:
-    ids = pending_image_ids(sessions, job_id)
-    batches = list(chunked(ids, chunk_size))
-    for sent, batch in enumerate(batches):
-        try:
-            send(job_id, batch)
-        except Exception as exc:
-            raise EnqueueError(job_id, sent, len(batches), exc) from exc
-    if ids:
-        mark_running(sessions, job_id)
-    else:
+class _SendFailed(Exception):
+    """The broker refused a chunk (wrapped, to tell it from a failing scan)."""
+
+
+class _Sender:
+    """Sends a job's pending images in chunks, in id order, each image once, page by page."""
+
+    def __init__(
+        self, sessions: sessionmaker[Session], job_id: int, chunk_size: int, send: Send
+    ) -> None:
+        self._sessions, self._job_id, self._size, self._send = sessions, job_id, chunk_size, send
+        self._after = 0
+        self.chunks = self.images = 0
+
+    def send_pending(self, whole_chunks_only: bool) -> None:
+        """Send what is pending past the last id sent (a short last chunk only if asked)."""
+        while ids := pending_after(self._sessions, self._job_id, self._after, self._size):
+            if whole_chunks_only and len(ids) < self._size:
+                return
+            if not self.chunks:
+                mark_running(self._sessions, self._job_id)
+            try:
+                self._send(self._job_id, ids)
+            except Exception as exc:
+                raise _SendFailed() from exc
+            self._after = ids[-1]
+            self.chunks += 1
+            self.images += len(ids)
+
+    def chunks_left(self) -> int:
+        with self._sessions() as session:
+            pending = session.scalar(
+                select(func.count()).where(
+                    Image.job_id == self._job_id, Image.status == PENDING, Image.id > self._after
+                )
+            )
+        return -(-(pending or 0) // self._size)
+
+
+def _scan_and_send(
+    sessions: sessionmaker[Session], job_id: int, root: Path, sender: _Sender
+) -> int:
+    """Register `root` into the job, sending whole chunks as they fill; images sent.
+
+    If the broker fails, the scan still finishes (so that the job is whole and
+    `resume` can send the rest), then EnqueueError says how many chunks went.
+    """
+    scan = register(sessions, job_id, root)
+    try:
+        for _ in scan:
+            sender.send_pending(whole_chunks_only=True)
+        sender.send_pending(whole_chunks_only=False)
+    except _SendFailed as failed:
+        for _ in scan:
+            pass
+        cause = failed.__cause__ or failed
+        total = sender.chunks + sender.chunks_left()
+        raise EnqueueError(job_id, sender.chunks, total, cause) from cause
+    if not sender.images:
         finish_if_complete(sessions, job_id)
-    return len(ids)
+    return sender.images
 
 
 class OutOfMemory(RuntimeError):

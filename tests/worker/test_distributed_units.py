@@ -148,3 +148,27 @@ def test_worker_refuses_a_database_without_the_schema(tmp_path: Path, model_path
     )
     assert result.exit_code == 1
     assert "facegender db upgrade" in result.output
+
+
+def test_enqueue_sends_chunks_while_the_folder_is_still_being_scanned(tmp_path, sqlite_url):
+    """Workers can start at once: the first chunks go out before the scan has finished,
+    and every image is sent exactly once (registration and sending go page by page)."""
+    tree = tmp_path / "tree"
+    for part in range(3):
+        (tree / str(part)).mkdir(parents=True)
+        for index in range(1000):
+            (tree / str(part) / f"{index}.jpg").touch()
+    sessions = open_database(sqlite_url)
+    scanning_when_sent: list[bool] = []
+    ids: list[int] = []
+
+    def send(job_id: int, image_ids: list[int]) -> None:
+        with sessions() as session:
+            scanning_when_sent.append(not session.get(Job, job_id).scan_done)
+        ids.extend(image_ids)
+
+    job_id, count = enqueue_folder(sessions, tree, 100, send)
+    assert count == 3000 and sorted(ids) == sorted(set(ids)) and len(ids) == 3000
+    assert scanning_when_sent[0], "the first chunk waited for the whole scan"
+    with sessions() as session:
+        assert session.get(Job, job_id).image_count == 3000

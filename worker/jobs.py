@@ -147,18 +147,6 @@ def pending_after(
         return list(session.scalars(query))
 
 
-def pending_batches(sessions: sessionmaker[Session], job_id: int, size: int) -> Iterator[list[int]]:
-    """The job's pending image ids, `size` at a time, read page by page (constant memory)."""
-    after = 0
-    while ids := pending_after(sessions, job_id, after, size):
-        after = ids[-1]
-        yield ids
-
-
-def pending_image_ids(sessions: sessionmaker[Session], job_id: int) -> list[int]:
-    return [i for ids in pending_batches(sessions, job_id, SCAN_BATCH) for i in ids]
-
-
 def finished_count(sessions: sessionmaker[Session], job_id: int) -> tuple[int, int]:
     """(images finished, images registered) of a job."""
     with sessions() as session:

@@ -24,7 +24,14 @@ from detector.mtcnn_boxes import (
     scale_pyramid,
     square,
 )
-from detector.mtcnn_images import area_weights, crop_and_resize, level_size, normalise, planes
+from detector.mtcnn_images import (
+    area_weights,
+    crop_and_resize,
+    level,
+    level_size,
+    normalise,
+    stacked,
+)
 from detector.mtcnn_onnx import MtcnnNetworks
 
 # The package's defaults for what the detector does not expose as settings.
@@ -42,8 +49,8 @@ class Cascade:
     def __init__(self, threads: int = 0) -> None:
         self._nets = MtcnnNetworks(threads)
         # PNet's face score for a window of pure padding (black).
-        black, same = np.zeros((1, 3, 12, 12), np.float32), np.eye(12, dtype=np.float32)
-        self._padding_score = float(self._nets.pnet(black, same, same)[1][0, 0, 0])
+        black = np.full((1, 3, 12, 12), -127.5 / 128, np.float32)
+        self._padding_score = float(self._nets.pnet(black)[1][0, 0, 0])
 
     def detect(
         self,
@@ -96,7 +103,7 @@ class Cascade:
         found = []
         for ((height, width, _), pad), members in groups.items():
             crop = pad > 0 and threshold > 10 * self._padding_score
-            pixels = planes(
+            pixels = stacked(
                 np.stack([images[i][pad : height - pad, pad : width - pad] for i in members])
             )
             inside_rows, inside_cols = range(pad, height - pad), range(pad, width - pad)
@@ -107,10 +114,9 @@ class Cascade:
                 if min(len(rows), len(cols)) < 12:
                     continue  # no PNet window fits
                 row_weights = area_weights(height, scaled_h, rows, inside_rows)
-                col_weights = np.ascontiguousarray(
-                    area_weights(width, scaled_w, cols, inside_cols).T
-                )
-                boxes = proposals(*self._nets.pnet(pixels, row_weights, col_weights), threshold)
+                col_weights = area_weights(width, scaled_w, cols, inside_cols)
+                pyramid_level = level(pixels, len(members), row_weights, col_weights)
+                boxes = proposals(*self._nets.pnet(pyramid_level), threshold)
                 boxes[:, 0] = np.asarray(members)[boxes[:, 0].astype(int)]
                 boxes[:, [1, 3]] += cols.start
                 boxes[:, [2, 4]] += rows.start

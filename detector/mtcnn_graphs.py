@@ -6,8 +6,8 @@ file enters the repository. Building imports `onnx` (most of a second), so
 detector.mtcnn_onnx builds once and caches the serialised graphs; this module
 is imported only then.
 
-RNet and ONet take NHWC float32 crops, normalised as the package does
-((x - 127.5) / 128); PNet makes its pyramid level itself from uint8 pixels.
+RNet and ONet take NHWC float32 crops and PNet an NCHW pyramid level, all
+normalised as the package does ((x - 127.5) / 128).
 Batch, height and width axes are free: ONNX Runtime runs any shape without
 tracing. The layers mirror `mtcnn.network`: Keras
 "same" max-pooling is SAME_UPPER (the extra pad after), and the dense layers
@@ -48,23 +48,8 @@ class _Graph:
         return self._node("Transpose", [images], perm=[0, 3, 1, 2])
 
     def level(self) -> str:
-        """A pyramid level made from its inputs, as NCHW: the area resize as two products.
-
-        `planes` (N, 3, h, w) float32 are the images without their black border
-        as colour planes divided by 128 (detector.mtcnn_images.planes: made once
-        per image, not per level); `rows` (level rows, h) and `cols` (w, level
-        cols) weigh them as
-        `tf.image.resize(..., AREA)` of the padded image would (see
-        detector.mtcnn_images.area_weights). The border is constant and the
-        resize linear, so the level is the border's normalised value plus the
-        product of the normalised image with the weights: only the image's
-        pixels are read and only the level's wanted part is made.
-        """
-        x = self._input("planes", TensorProto.FLOAT, ["batch", 3, "height", "width"])
-        rows = self._input("rows", TensorProto.FLOAT, ["level_height", "height"])
-        cols = self._input("cols", TensorProto.FLOAT, ["width", "level_width"])
-        x = self._node("MatMul", [self._node("MatMul", [rows, x]), cols])
-        return self._node("Add", [x, self._constant(np.array(-127.5 / 128))])
+        """Input `level`: a normalised pyramid level, NCHW (detector.mtcnn_images.level)."""
+        return self._input("level", TensorProto.FLOAT, ["batch", 3, "height", "width"])
 
     def _take(self) -> np.ndarray:
         weight = self._weights[self._used]

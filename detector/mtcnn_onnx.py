@@ -85,14 +85,10 @@ class MtcnnNetworks:
             for name in ("pnet", "rnet", "onet")
         }
 
-    def pnet(
-        self, planes: np.ndarray, rows: np.ndarray, cols: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(offsets, face probability) per 12-px window of a pyramid level: (N, 4, H', W')
-        and (N, H', W'). The level is made from `planes` (detector.mtcnn_images.planes) by
-        the weights `rows` and `cols` (see detector.mtcnn_graphs._Graph.level)."""
-        feeds = {"planes": planes, "rows": rows, "cols": cols}
-        offsets, scores = self._sessions["pnet"].run(None, feeds)
+    def pnet(self, level: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(offsets, face probability) per 12-px window of a pyramid level (N, 3, H, W),
+        normalised (detector.mtcnn_images.level): (N, 4, H', W') and (N, H', W')."""
+        offsets, scores = self._sessions["pnet"].run(None, {"level": level})
         return offsets, scores[..., 1]
 
     def rnet(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

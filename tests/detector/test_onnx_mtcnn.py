@@ -15,7 +15,14 @@ import pytest
 
 from detector import FaceDetector, load_image
 from detector.mtcnn_boxes import nms
-from detector.mtcnn_images import area_weights, crop_and_resize, level_size, normalise, planes
+from detector.mtcnn_images import (
+    area_weights,
+    crop_and_resize,
+    level,
+    level_size,
+    normalise,
+    stacked,
+)
 from detector.mtcnn_onnx import MtcnnNetworks
 
 
@@ -61,8 +68,7 @@ def test_onnx_networks_compute_the_keras_networks(keras_networks: list) -> None:
     rng = np.random.default_rng(3)
     for shape in [(2, 37, 53, 3), (1, 12, 12, 3), (3, 101, 64, 3)]:  # odd sizes: "same" pooling
         pixels = rng.integers(0, 256, shape, dtype=np.uint8)
-        rows, cols = np.eye(shape[1], dtype=np.float32), np.eye(shape[2], dtype=np.float32)
-        offsets, scores = nets.pnet(planes(pixels), rows, cols)  # a level at scale 1: the image
+        offsets, scores = nets.pnet(np.ascontiguousarray(normalise(pixels).transpose(0, 3, 1, 2)))
         expected = [np.asarray(t) for t in pnet(normalise(pixels))]
         assert np.allclose(offsets.transpose(0, 2, 3, 1), expected[0], atol=1e-5)
         assert np.allclose(scores, expected[1][..., 1], atol=1e-5)
@@ -98,8 +104,7 @@ def test_pyramid_levels_and_crops_are_tensorflows(crowd_files: list[Path]) -> No
             rows, cols = range(40, 200), range(13, 180)
         row_weights = area_weights(height, size[0], rows, inside_rows)
         col_weights = area_weights(width, size[1], cols, inside_cols)
-        level = np.einsum("yh,hwc,xw->yxc", row_weights, pixels / 128, col_weights, optimize=True)
-        found = level - 127.5 / 128
+        found = level(stacked(pixels[None]), 1, row_weights, col_weights)[0].transpose(1, 2, 0)
         wanted = expected[0].numpy()[rows.start : rows.stop, cols.start : cols.stop]
         assert np.abs(found - wanted).max() * 128 < 0.01  # grey levels
     rng = np.random.default_rng(5)
@@ -110,7 +115,8 @@ def test_pyramid_levels_and_crops_are_tensorflows(crowd_files: list[Path]) -> No
         expected = tf.image.crop_and_resize(
             image[None], corners, np.zeros(300, np.int32), (size,) * 2
         )
-        assert np.array_equal(crop_and_resize(image, corners, size), expected.numpy())
+        found = crop_and_resize(image, corners, size)
+        assert np.abs(found - expected.numpy()).max() * 128 < 1e-3  # grey levels
 
 
 def _sample(data_dir: Path, utkface_files: list[Path], crowd_files: list[Path]) -> list[Path]:

@@ -112,7 +112,24 @@ def nms(boxes: np.ndarray, threshold: float, method: str, sort: bool) -> np.ndar
     if sort:  # the package's own sort, so that ties fall the same way
         boxes = boxes[np.argsort(boxes[:, 5])[::-1]]
     boxes = boxes[np.argsort(boxes[:, 0], kind="stable")]  # by image, keeping the score order
+    if len(boxes) <= _FEW:
+        return boxes[~_suppressed_few(boxes, threshold, method)]
     return boxes[~_suppressed(boxes, threshold, method)]
+
+
+# Up to this many boxes, comparing every pair at once is cheaper than the sweep's set-up.
+_FEW = 128
+
+
+def _suppressed_few(boxes: np.ndarray, threshold: float, method: str) -> np.ndarray:
+    """`_suppressed` for a few boxes: every pair of one image, earlier and later."""
+    earlier, later = np.triu_indices(len(boxes), 1)
+    pair = boxes[earlier, 0] == boxes[later, 0]
+    earlier, later = earlier[pair], later[pair]
+    over = _overlap(boxes[earlier, 1:5], boxes[later, 1:5], method) > threshold
+    suppressed = np.zeros(len(boxes), dtype=bool)
+    suppressed[later[over]] = True
+    return suppressed
 
 
 def _suppressed(boxes: np.ndarray, threshold: float, method: str) -> np.ndarray:

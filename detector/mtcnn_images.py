@@ -7,6 +7,8 @@ TensorFlow: the area resize that makes each pyramid level
 TensorFlow's to float rounding.
 """
 
+import functools
+
 import cv2
 import numpy as np
 from scipy import sparse
@@ -59,8 +61,17 @@ def area_weights(extent: int, scaled: int, outputs: range, inputs: range) -> spa
 
     Output pixel y averages the input span [y * s, (y + 1) * s), s = extent / scaled,
     each input pixel weighed by its overlap with the span (TF's resize_area kernel).
-    Only the wanted outputs and the inputs that are not border are kept.
+    Only the wanted outputs and the inputs that are not border are kept. The
+    result is shared (read only): images of one size, or one height, reuse it.
     """
+    return _area_weights(extent, scaled, outputs.start, outputs.stop, inputs.start, inputs.stop)
+
+
+@functools.lru_cache(maxsize=1024)  # a few KB each: bounded, whatever sizes a folder holds
+def _area_weights(
+    extent: int, scaled: int, first: int, stop: int, inside: int, inside_stop: int
+) -> sparse.csr_array:
+    outputs, inputs = range(first, stop), range(inside, inside_stop)
     step = np.float32(extent) / np.float32(scaled)
     output = np.arange(outputs.start, outputs.stop, dtype=np.float32)[:, None]
     low, high = output * step, (output + 1) * step

@@ -73,9 +73,12 @@ class _Graph:
         return self._node("Conv", [x, weight, self._constant(bias)])
 
     def prelu(self, x: str, spatial: bool = True) -> str:
+        """PReLU as x + (alpha - 1) * min(x, 0): ONNX Runtime runs these three plain ops in
+        three quarters of its PRelu's time here (PRelu was half of each network's time)."""
         alpha = self._take()  # (1, 1, C) shared over H and W, or (C,) after a dense layer
         slope = alpha.reshape(-1, 1, 1) if spatial else alpha.reshape(-1)
-        return self._node("PRelu", [x, self._constant(slope)])
+        negative = self._node("Min", [x, self._constant(np.zeros(()))])
+        return self._node("Add", [x, self._node("Mul", [negative, self._constant(slope - 1)])])
 
     def pool(self, x: str, size: int, same: bool) -> str:
         padding = "SAME_UPPER" if same else "VALID"

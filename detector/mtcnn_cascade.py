@@ -101,6 +101,7 @@ class Cascade:
         for index, (image, pad) in enumerate(zip(images, pads, strict=True)):
             groups[image.shape, pad].append(index)
         found = []
+        levels = 0  # (level, image) pairs so far: each is one group of the per-level NMS
         for ((height, width, _), pad), members in groups.items():
             crop = pad > 0 and threshold > 10 * self._padding_score
             pixels = stacked(
@@ -117,12 +118,18 @@ class Cascade:
                 col_weights = area_weights(width, scaled_w, cols, inside_cols)
                 pyramid_level = level(pixels, len(members), row_weights, col_weights)
                 boxes = proposals(*self._nets.pnet(pyramid_level), threshold)
-                boxes[:, 0] = np.asarray(members)[boxes[:, 0].astype(int)]
+                owners = np.asarray(members, dtype=np.float64)[boxes[:, 0].astype(int)]
+                boxes[:, 0] += levels
+                levels += len(members)
                 boxes[:, [1, 3]] += cols.start
                 boxes[:, [2, 4]] += rows.start
                 boxes[:, 1:5] /= scale
-                found.append(nms(boxes, _NMS_PNET_SCALE, "union", sort=False))
-        boxes = np.concatenate(found) if found else np.empty((0, 6))
+                found.append(np.c_[boxes, owners])
+        if not found:
+            return np.empty((0, 6))
+        # The package's NMS within each level of each image, all in one call.
+        boxes = nms(np.concatenate(found), _NMS_PNET_SCALE, "union", sort=False)
+        boxes = np.c_[boxes[:, 6], boxes[:, 1:6]]  # rows are the images' again
         return square(nms(boxes, _NMS_PNET, "union", sort=True))
 
     @staticmethod

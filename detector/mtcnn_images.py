@@ -71,20 +71,19 @@ def area_weights(extent: int, scaled: int, outputs: range, inputs: range) -> spa
 def _area_weights(
     extent: int, scaled: int, first: int, stop: int, inside: int, inside_stop: int
 ) -> sparse.csr_array:
-    outputs, inputs = range(first, stop), range(inside, inside_stop)
     step = np.float32(extent) / np.float32(scaled)
-    output = np.arange(outputs.start, outputs.stop, dtype=np.float32)[:, None]
+    output = np.arange(first, stop, dtype=np.float32)[:, None]
     low, high = output * step, (output + 1) * step
     # The inputs a span can touch: from the one holding its start, at most ceil(s) + 1.
+    # Border inputs weigh 0 (at a clipped column), so every row holds as many entries.
     columns = np.floor(low).astype(np.int64) + np.arange(int(np.ceil(step)) + 1)
-    first = columns.astype(np.float32)
-    weights = np.maximum(np.minimum(first + 1, high) - np.maximum(first, low), 0) / step
-    kept = (weights > 0) & (columns >= inputs.start) & (columns < inputs.stop)
-    bounds = np.concatenate([[0], np.cumsum(kept.sum(axis=1))])
-    return sparse.csr_array(
-        (weights[kept].astype(np.float32), columns[kept] - inputs.start, bounds),
-        shape=(len(outputs), len(inputs)),
-    )
+    left = columns.astype(np.float32)
+    weights = np.maximum(np.minimum(left + 1, high) - np.maximum(left, low), 0) / step
+    weights[(columns < inside) | (columns >= inside_stop)] = 0
+    columns = np.clip(columns, inside, inside_stop - 1) - inside
+    rows = np.arange(0, weights.size + 1, weights.shape[1])
+    shape = (stop - first, inside_stop - inside)
+    return sparse.csr_array((weights.ravel(), columns.ravel(), rows), shape=shape)
 
 
 def crop_and_resize(image: np.ndarray, corners: np.ndarray, size: int) -> np.ndarray:

@@ -4,8 +4,10 @@ With the dlib port frozen (`--backbone dlib_resnet --unfreeze 0`), every epoch
 would run the same network on the same crops. Its descriptors of each crop
 and of the crop's mirror image are computed once instead
 (classifier.training.teacher) and only the head is fitted on them, the
-mirrors serving as augmentation. The head model shares its layers with the
-full model, so fitting it trains the full model that is saved and served.
+mirrors serving as augmentation. `dlib_resnet_stages` (the port's pooled last
+stages in place of the descriptor) trains the same way on its own cache. The
+head model shares its layers with the full model, so fitting it trains the full
+model that is saved and served.
 """
 
 from collections.abc import Sequence
@@ -33,14 +35,15 @@ def head_model(model: keras.Model) -> keras.Model:
 
 
 def descriptors(
-    parts: Sequence[SplitCrops], mirrored: bool = False
+    parts: Sequence[SplitCrops], mirrored: bool = False, backbone: str = "dlib_resnet"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(descriptors, labels) of the faces found in `parts`; with their mirrors appended if asked."""
+    """(`backbone`'s features, labels) of the faces found in `parts`; with their mirrors
+    appended if asked."""
     from classifier.training.teacher import load_or_compute
 
     features, labels = [], []
     for part in parts:
-        teacher = load_or_compute(part.cropset)
+        teacher = load_or_compute(part.cropset, backbone=backbone)
         rows = part.rows[part.found]
         views = [teacher.embeddings[rows]] + ([teacher.mirrored[rows]] if mirrored else [])
         features += views

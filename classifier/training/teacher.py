@@ -5,7 +5,9 @@ training step per face, so it never runs per augmented sample: its 128-d
 descriptors of each aligned crop, and of the crop mirrored left-right, are kept in
 `$FACEGENDER_CACHE/teacher/<key>.npz` (default ~/.cache/facegender). The key
 covers the crop pixels themselves, the model file and the crop-to-chip geometry,
-so any change to detection, alignment or the teacher makes a new file.
+so any change to detection, alignment or the teacher makes a new file. Another
+embedding backbone of the port (`dlib_resnet_stages`: its pooled last stages)
+is cached the same way under a key that also names it.
 
     crops = load_or_build(paths)            # classifier.training.crops
     teacher = load_or_compute(crops)         # TeacherEmbeddings, rows as crops.paths
@@ -20,14 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
+from classifier.training.backbones import build_backbone
 from classifier.training.crops import CropSet, cache_root
-from classifier.training.dlib_resnet import (
-    ALIGNED_TO_CHIP,
-    dlib_resnet_on_aligned,
-    face_recognition_model_path,
-)
+from classifier.training.dlib_resnet import ALIGNED_TO_CHIP, face_recognition_model_path
 
-__all__ = ["TeacherEmbeddings", "load_or_compute", "teacher_root"]
+__all__ = ["TEACHER", "TeacherEmbeddings", "load_or_compute", "teacher_root"]
+
+TEACHER = "dlib_resnet"  # the embedding backbone whose 128-d descriptors teach
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,8 @@ class TeacherEmbeddings:
 
     paths: list[str]
     found: np.ndarray
-    embeddings: np.ndarray  # (N, 128) float32
-    mirrored: np.ndarray  # (N, 128) float32, of the left-right mirrored crop
+    embeddings: np.ndarray  # (N, D) float32; D = 128 for the descriptor
+    mirrored: np.ndarray  # (N, D) float32, of the left-right mirrored crop
 
 
 def teacher_root() -> Path:
@@ -45,9 +46,11 @@ def teacher_root() -> Path:
     return cache_root().parent / "teacher"
 
 
-def _key(crops: CropSet, model_path: Path) -> str:
+def _key(crops: CropSet, model_path: Path, backbone: str) -> str:
     digest = hashlib.sha256()
     digest.update(hashlib.sha256(model_path.read_bytes()).digest())
+    if backbone != TEACHER:  # the descriptor's files keep the key they always had
+        digest.update(backbone.encode())
     digest.update(repr(ALIGNED_TO_CHIP).encode())
     digest.update(np.asarray(crops.found).tobytes())
     for path in crops.paths:
@@ -61,12 +64,14 @@ def load_or_compute(
     crops: CropSet,
     batch_size: int = 64,
     progress: Callable[[int, int], None] | None = None,
+    backbone: str = TEACHER,
 ) -> TeacherEmbeddings:
-    """The teacher's descriptors of `crops` from the cache, computing them first if missing."""
+    """`backbone`'s features (default: the teacher's descriptors) of `crops` from the cache,
+    computing them first if missing."""
     model_path = face_recognition_model_path()
-    target = teacher_root() / f"{_key(crops, model_path)}.npz"
+    target = teacher_root() / f"{_key(crops, model_path, backbone)}.npz"
     if not target.is_file():
-        _compute(target, crops, model_path, batch_size, progress)
+        _compute(target, crops, backbone, batch_size, progress)
     with np.load(target) as stored:
         return TeacherEmbeddings(
             paths=[str(p) for p in stored["paths"]],
@@ -79,13 +84,13 @@ def load_or_compute(
 def _compute(
     target: Path,
     crops: CropSet,
-    model_path: Path,
+    backbone: str,
     batch_size: int,
     progress: Callable[[int, int], None] | None,
 ) -> None:
-    model = dlib_resnet_on_aligned(model_path)
+    model, _ = build_backbone(backbone, "imagenet")
     rows = np.flatnonzero(crops.found)
-    embeddings = np.zeros((len(crops.paths), 128), np.float32)
+    embeddings = np.zeros((len(crops.paths), model.output.shape[-1]), np.float32)
     mirrored = np.zeros_like(embeddings)
     for start in range(0, len(rows), batch_size):
         chosen = rows[start : start + batch_size]

@@ -44,6 +44,8 @@ LOG_FILE = "log.csv"
 CURVES_FILE = "curves.png"
 BEST_WEIGHTS = "best.weights.h5"
 BACKUP_DIR = "backup"
+# Their features mix averages and maxima of several stages, of unlike scales.
+STANDARDISED_BACKBONES = ("dlib_resnet_stages",)
 log = logging.getLogger(__name__)
 
 
@@ -101,7 +103,8 @@ def build_model(config: TrainConfig) -> keras.Model:
     """Pixels 0..255 -> Preprocess -> backbone -> GAP (feature maps only) -> head -> P(female).
 
     The head is dropout then Dense(units, relu) for each entry of `config.head`,
-    then the sigmoid output (dropout alone before it when the head is logistic).
+    then the sigmoid output (dropout alone before it when the head is logistic);
+    features of unlike scales (STANDARDISED_BACKBONES) are batch-normalised first.
     """
     backbone, mode = build_backbone(config.backbone, config.backbone_weights, ALIGNED_SIZE)
     set_trainable(backbone, config.unfreeze, config.freeze_batchnorm)
@@ -113,6 +116,8 @@ def build_model(config: TrainConfig) -> keras.Model:
         x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     else:
         previous = "descriptor"
+    if config.backbone in STANDARDISED_BACKBONES:
+        x = keras.layers.BatchNormalization(name="features_norm")(x)
     for units in config.head:
         x = keras.layers.Dropout(config.dropout, name=f"{previous}_dropout")(x)
         x = keras.layers.Dense(units, activation="relu", name=f"fc{units}")(x)
@@ -189,8 +194,8 @@ def fit_head_on_descriptors(
     """
     out = Path(config.out_dir)
     head = head_model(model)
-    x, y = descriptors(train_parts, mirrored=True)
-    x_val, y_val = descriptors([val])
+    x, y = descriptors(train_parts, mirrored=True, backbone=config.backbone)
+    x_val, y_val = descriptors([val], backbone=config.backbone)
     compile_model(head, config, -(-len(x) // config.batch_size))
     head.fit(
         x,

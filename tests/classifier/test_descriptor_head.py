@@ -4,7 +4,9 @@
 cache's descriptors; these tests train one on a small real UTKFace subset (own
 crop and descriptor caches) and check that the saved pixels-in model agrees
 with its head on those descriptors, left the port untouched and learnt gender.
-Also: the webfaces layout (labels.csv) and the confidently-wrong share.
+`dlib_resnet_stages` (the port's pooled last stages instead of the descriptor)
+trains and serves the same way. Also: the webfaces layout (labels.csv) and the
+confidently-wrong share.
 """
 
 import random
@@ -27,7 +29,10 @@ from classifier.runtime.metadata import read_metadata  # noqa: E402
 from classifier.training.data import SPLIT_LISTS, assign_splits, load_splits  # noqa: E402
 from classifier.training.datasets import DatasetLayoutError, discover  # noqa: E402
 from classifier.training.descriptors import descriptors, head_model  # noqa: E402
-from classifier.training.dlib_resnet import dlib_resnet_on_aligned  # noqa: E402
+from classifier.training.dlib_resnet import (  # noqa: E402
+    dlib_resnet_on_aligned,
+    dlib_resnet_stages_on_aligned,
+)
 from classifier.training.evaluation import confidently_wrong  # noqa: E402
 from classifier.training.train import TrainConfig, train  # noqa: E402
 from worker.training_commands import _head_units, _Unfreeze  # noqa: E402
@@ -85,6 +90,51 @@ def test_the_saved_model_is_the_port_then_the_trained_head(trained: Path, subset
             model.get_layer("dlib_face_resnet").get_layer(name).get_weights()[0],
             port.get_layer(name).get_weights()[0],
         )
+
+
+@pytest.fixture(scope="module")
+def trained_on_stages(cache: Path, subset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    config = TrainConfig(
+        backbone="dlib_resnet_stages",
+        unfreeze=0,
+        head=(16,),
+        dropout=0.2,
+        epochs=20,
+        batch_size=64,
+        learning_rate=1e-3,
+        patience=20,
+        out_dir=tmp_path_factory.mktemp("run_stages"),
+    )
+    return train(config, subset, verbose=0)
+
+
+def test_stage_features_pool_the_ports_last_stages(subset: Path) -> None:
+    """Averages and maxima of the 8x8, 4x4 and 2x2 stages; the last average is what the
+    descriptor's projection reads."""
+    crops = np.asarray(load_splits(subset)["val"].cropset.crops[:8], np.float32)
+    port = dlib_resnet_on_aligned()
+    before_fc = keras.Model(port.inputs, port.get_layer("dlib128_avg_pool").output)
+    features = dlib_resnet_stages_on_aligned().predict(crops, verbose=0)
+    assert features.shape == (8, 2 * (128 + 256 + 256))
+    np.testing.assert_allclose(
+        features[:, 768:1024], before_fc.predict(crops, verbose=0), rtol=1e-5, atol=1e-5
+    )
+    assert np.all(features[:, 1024:] >= features[:, 768:1024])  # max >= mean
+
+
+def test_a_head_on_stage_features_serves_what_it_learnt(
+    trained_on_stages: Path, subset: Path
+) -> None:
+    """The saved pixels-in model equals its head on the cached stage features, and learnt."""
+    val = load_splits(subset)["val"]
+    model = keras.saving.load_model(trained_on_stages, compile=False)
+    served = model.predict(np.asarray(val.cropset.crops[val.rows[val.found]]), verbose=0)
+    features = descriptors([val], backbone="dlib_resnet_stages")[0]
+    assert features.shape[1] == 1280
+    np.testing.assert_allclose(served, head_model(model).predict(features, verbose=0), atol=1e-4)
+    metadata = read_metadata(trained_on_stages)
+    assert metadata.backbone == "dlib_resnet_stages"
+    assert metadata.metrics["val"]["accuracy"] >= 0.8
 
 
 def test_a_logistic_head_on_descriptors_learns_gender(trained: Path) -> None:

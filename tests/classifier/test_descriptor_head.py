@@ -9,8 +9,6 @@ trains and serves the same way. Also: the webfaces layout (labels.csv) and the
 confidently-wrong share.
 """
 
-import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +24,7 @@ import keras  # noqa: E402 (after the skip)
 
 from classifier.runtime import GenderClassifier  # noqa: E402
 from classifier.runtime.metadata import read_metadata  # noqa: E402
-from classifier.training.data import SPLIT_LISTS, assign_splits, load_splits  # noqa: E402
+from classifier.training.data import assign_splits, load_splits  # noqa: E402
 from classifier.training.datasets import DatasetLayoutError, discover  # noqa: E402
 from classifier.training.descriptors import descriptors, head_model  # noqa: E402
 from classifier.training.dlib_resnet import (  # noqa: E402
@@ -35,6 +33,7 @@ from classifier.training.dlib_resnet import (  # noqa: E402
 )
 from classifier.training.evaluation import confidently_wrong  # noqa: E402
 from classifier.training.train import TrainConfig, train  # noqa: E402
+from tests.classifier.conftest import utkface_subset  # noqa: E402
 from worker.training_commands import _head_units, _Unfreeze  # noqa: E402
 from worker.training_commands import train as train_command  # noqa: E402
 
@@ -42,23 +41,8 @@ SUBSET = {"train": 200, "val": 60, "test": 4}
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A private FACEGENDER_CACHE: crops and descriptors are built by the test."""
-    folder = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("FACEGENDER_CACHE", str(folder))
-        yield folder
-
-
-@pytest.fixture(scope="module")
 def subset(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    target = tmp_path_factory.mktemp("utkface_subset")
-    rng = random.Random(11)
-    for split, count in SUBSET.items():
-        names = (SPLIT_LISTS / f"utkface_{split}.txt").read_text().split()
-        for name in rng.sample(names, count):
-            (target / name).symlink_to(data_dir / "utkface" / name)
-    return target
+    return utkface_subset(tmp_path_factory.mktemp("utkface_subset"), data_dir, SUBSET, seed=11)
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,6 @@ the last stage's convolutions and the head, learns, and leaves the full
 pixels-in model with the best val epoch.
 """
 
-import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,7 @@ pytest.importorskip(
 
 import keras  # noqa: E402 (after the skip)
 
-from classifier.training.data import SPLIT_LISTS, load_splits  # noqa: E402
+from classifier.training.data import load_splits  # noqa: E402
 from classifier.training.tail import (  # noqa: E402
     TailConfig,
     backbone_of,
@@ -31,28 +29,14 @@ from classifier.training.tail import (  # noqa: E402
     tail_model,
 )
 from classifier.training.train import TrainConfig, build_model  # noqa: E402
+from tests.classifier.conftest import utkface_subset  # noqa: E402
 
 SUBSET = {"train": 120, "val": 40}
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A private FACEGENDER_CACHE: crops and activations are built by the test."""
-    folder = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("FACEGENDER_CACHE", str(folder))
-        yield folder
-
-
-@pytest.fixture(scope="module")
 def subset(cache: Path, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    target = tmp_path_factory.mktemp("utkface_subset")
-    rng = random.Random(5)
-    for split, count in SUBSET.items():
-        names = (SPLIT_LISTS / f"utkface_{split}.txt").read_text().split()
-        for name in rng.sample(names, count):
-            (target / name).symlink_to(data_dir / "utkface" / name)
-    return target
+    return utkface_subset(tmp_path_factory.mktemp("utkface_subset"), data_dir, SUBSET, seed=5)
 
 
 def test_cut_and_tail_follow_the_ports_stages() -> None:

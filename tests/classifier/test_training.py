@@ -9,9 +9,7 @@ import csv
 import hashlib
 import json
 import math
-import random
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import keras
@@ -42,6 +40,7 @@ from classifier.training.train import (
     compile_model,
     train,
 )
+from tests.classifier.conftest import utkface_subset
 from worker.training_commands import evaluate as evaluate_command
 from worker.training_commands import train as train_command
 
@@ -49,28 +48,13 @@ SUBSET = {"train": 160, "val": 48, "test": 32}
 
 
 @pytest.fixture(scope="module")
-def crop_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A private FACEGENDER_CACHE, so the tests build their own crops."""
-    folder = tmp_path_factory.mktemp("crop_cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("FACEGENDER_CACHE", str(folder))
-        yield folder
-
-
-@pytest.fixture(scope="module")
 def subset(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Symlinks to a seeded sample of each committed UTKFace split."""
-    target = tmp_path_factory.mktemp("utkface_subset")
-    rng = random.Random(7)
-    for split, count in SUBSET.items():
-        names = (SPLIT_LISTS / f"utkface_{split}.txt").read_text().split()
-        for name in rng.sample(names, count):
-            (target / name).symlink_to(data_dir / "utkface" / name)
-    return target
+    return utkface_subset(tmp_path_factory.mktemp("utkface_subset"), data_dir, SUBSET, seed=7)
 
 
 @pytest.fixture(scope="module")
-def trained(crop_cache: Path, subset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained(cache: Path, subset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = TrainConfig(
         unfreeze=10, epochs=1, batch_size=16, out_dir=tmp_path_factory.mktemp("run")
     )
@@ -175,7 +159,7 @@ def test_splits_follow_the_committed_lists(subset: Path) -> None:
         assert {image.path.name for image in images} <= listed
 
 
-def test_resnet50_without_weights_trains_one_step(crop_cache: Path, subset: Path) -> None:
+def test_resnet50_without_weights_trains_one_step(cache: Path, subset: Path) -> None:
     config = TrainConfig(backbone="resnet50", backbone_weights="none", unfreeze=5)
     model = build_model(config)
     assert model.get_layer("preprocess").mode == "caffe"
@@ -237,9 +221,7 @@ def test_train_command_shows_layout_errors_as_messages(tmp_path: Path) -> None:
     assert "Traceback" not in outcome.output
 
 
-def test_resuming_with_another_config_is_refused(
-    crop_cache: Path, subset: Path, tmp_path: Path
-) -> None:
+def test_resuming_with_another_config_is_refused(cache: Path, subset: Path, tmp_path: Path) -> None:
     (tmp_path / "backup").mkdir()
     (tmp_path / "backup" / "config.json").write_text(json.dumps({"epochs": 99}))
     with pytest.raises(ResumeError, match="different configuration"):
@@ -291,7 +273,7 @@ class _CutShort(keras.callbacks.Callback):
 
 
 def test_an_interrupted_run_resumes_where_it_stopped(
-    crop_cache: Path, subset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cache: Path, subset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = TrainConfig(unfreeze=2, epochs=2, batch_size=8, limit=16, out_dir=tmp_path)
     callbacks = training._callbacks

@@ -34,6 +34,7 @@ __all__ = [
     "dlib_resnet_on_aligned",
     "dlib_resnet_stages_on_aligned",
     "face_recognition_model_path",
+    "stage_ends",
     "stage_features",
 ]
 
@@ -217,13 +218,15 @@ def dlib_resnet_on_aligned(
     return _build(net, inputs, x)
 
 
-def _stage_outputs(model: keras.Model) -> list[keras.KerasTensor]:
-    """The output of each residual stage: its last block's ReLU after `add_prev`."""
-    ends: dict[tuple[int, ...], keras.KerasTensor] = {}
+def stage_ends(model: keras.Model) -> list[str]:
+    """Names of the layers that end each residual stage of a port `model`, in order: each
+    stage's last block's ReLU after `add_prev`."""
+    ends: dict[tuple[int, ...], str] = {}
     for i, op in enumerate(DLIB_RESNET_OPS):
         if op.kind == "relu" and DLIB_RESNET_OPS[i - 1].kind == "add_prev":
-            output = model.get_layer(f"dlib{i:03d}_relu").output
-            ends[tuple(output.shape[1:3])] = output  # later blocks of a stage replace earlier
+            name = f"dlib{i:03d}_relu"
+            # Later blocks of a stage (same map size) replace earlier ones.
+            ends[tuple(model.get_layer(name).output.shape[1:3])] = name
     return list(ends.values())
 
 
@@ -237,7 +240,8 @@ def stage_features(model: keras.Model, stages: int = 3) -> keras.Model:
     test 93.1% (minors 75.2, Asian 87.7) against 91.9% (71.1, 82.6), at equal speed.
     """
     pooled = []
-    for index, output in enumerate(_stage_outputs(model)[-stages:]):
+    for index, name in enumerate(stage_ends(model)[-stages:]):
+        output = model.get_layer(name).output
         pooled.append(layers.GlobalAveragePooling2D(name=f"stage{index}_avg")(output))
         pooled.append(layers.GlobalMaxPooling2D(name=f"stage{index}_max")(output))
     features = layers.Concatenate(name="stage_features")(pooled)

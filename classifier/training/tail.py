@@ -36,7 +36,7 @@ import numpy as np
 from classifier.training.augmentation import Augmentation
 from classifier.training.crops import CropSet
 from classifier.training.data import SplitCrops
-from classifier.training.dlib_resnet import face_recognition_model_path
+from classifier.training.dlib_resnet import face_recognition_model_path, stage_ends
 from classifier.training.teacher import cache_key, teacher_root
 
 __all__ = [
@@ -70,18 +70,9 @@ def backbone_of(model: keras.Model) -> keras.Model:
     return next(layer for layer in model.layers if isinstance(layer, keras.Model))
 
 
-def _stage_ends(backbone: keras.Model) -> list[str]:
-    """Names of the layers that end each residual stage (a ReLU right after an add), in order."""
-    ends: dict[tuple[int, ...], str] = {}
-    for previous, layer in zip(backbone.layers, backbone.layers[1:], strict=False):
-        if isinstance(layer, keras.layers.ReLU) and isinstance(previous, keras.layers.Add):
-            ends[tuple(layer.output.shape[1:3])] = layer.name
-    return list(ends.values())
-
-
 def cut_layer(model: keras.Model, stages: int) -> str:
     """The layer whose output feeds the last `stages` residual stages of `model`'s port."""
-    ends = _stage_ends(backbone_of(model))
+    ends = stage_ends(backbone_of(model))
     if not 1 <= stages < len(ends):
         raise ValueError(f"stages must be in 1..{len(ends) - 1}, not {stages}")
     return ends[-stages - 1]

@@ -68,23 +68,12 @@ class WorkerProcess:
         assert len(pids) == 1, f"{self.name} has pool processes {pids}"
         return pids[0]
 
-    def wait_busy(self, timeout: float = 60) -> int:
-        """The pool process's pid once it is burning CPU, i.e. inside a chunk."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            pid = self.child()
-            before = _cpu_ticks(pid)
-            time.sleep(0.1)
-            if _cpu_ticks(pid) - before >= 3:
-                return pid
-        raise AssertionError(f"{self.name}'s pool process never got busy\n{self.text()[-3000:]}")
-
     def kill_child(self) -> None:
-        os.kill(self.wait_busy(), signal.SIGKILL)
+        kill_busy_child(self)
 
     def kill_all(self) -> None:
         """The whole worker at once (parent and pool), like a machine that loses power."""
-        self.wait_busy()
+        first_busy(self)
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
 
@@ -98,18 +87,25 @@ class WorkerProcess:
                 self.proc.wait(10)
 
 
-def kill_busy_child(*workers: WorkerProcess, timeout: float = 60) -> WorkerProcess:
-    """SIGKILL the pool process of whichever of `workers` is first inside a chunk."""
+def first_busy(*workers: WorkerProcess, timeout: float = 60) -> tuple[WorkerProcess, int]:
+    """The first of `workers` whose pool process burns CPU (is inside a chunk), and its pid."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        before = {worker: _cpu_ticks(worker.child()) for worker in workers}
+        pids = {worker: worker.child() for worker in workers}
+        before = {worker: _cpu_ticks(pid) for worker, pid in pids.items()}
         time.sleep(0.1)
-        for worker, ticks in before.items():
-            if _cpu_ticks(worker.child()) - ticks >= 3:
-                os.kill(worker.child(), signal.SIGKILL)
-                return worker
+        for worker, pid in pids.items():
+            if _cpu_ticks(pid) - before[worker] >= 3:
+                return worker, pid
     logs = "\n".join(f"--- {w.name}\n{w.text()[-3000:]}" for w in workers)
     raise AssertionError(f"no pool process got busy in {timeout}s\n{logs}")
+
+
+def kill_busy_child(*workers: WorkerProcess) -> WorkerProcess:
+    """SIGKILL the pool process of whichever of `workers` is first inside a chunk."""
+    worker, pid = first_busy(*workers)
+    os.kill(pid, signal.SIGKILL)
+    return worker
 
 
 def _cpu_ticks(pid: int) -> int:

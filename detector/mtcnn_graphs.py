@@ -80,6 +80,22 @@ class _Graph:
         negative = self._node("Min", [x, self._constant(np.zeros(()))])
         return self._node("Add", [x, self._node("Mul", [negative, self._constant(slope - 1)])])
 
+    def prelu_blocked(self, x: str) -> str:
+        """PReLU over channels as alpha * x + (1 - alpha) * relu(x), the scalings written as
+        BatchNormalization: ONNX Runtime runs these in its blocked channel layout (as 1x1
+        depthwise convolutions) next to the convolutions, where the plain ops of `prelu`
+        need the layout converted around them: ONet 1.25x, RNet 1.05x faster. Not on
+        PNet, where it was no faster."""
+        alpha = self._take().reshape(-1)
+        positive = self._scaled(self._node("Relu", [x]), 1 - alpha)
+        return self._node("Add", [self._scaled(x, alpha), positive])
+
+    def _scaled(self, x: str, scale: np.ndarray) -> str:
+        """x times a per-channel `scale`, as a BatchNormalization with mean 0 and variance 1."""
+        zeros, ones = np.zeros_like(scale), np.ones_like(scale)
+        inputs = [x, *(self._constant(v) for v in (scale, zeros, zeros, ones))]
+        return self._node("BatchNormalization", inputs, epsilon=0.0)
+
     def pool(self, x: str, size: int, same: bool) -> str:
         padding = "SAME_UPPER" if same else "VALID"
         return self._node(
@@ -111,24 +127,29 @@ class _Graph:
 
 
 def pnet_graph(weights: Sequence[np.ndarray]) -> onnx.ModelProto:
-    """On a pyramid level (see `_Graph.level`): `offsets` (N, 4, H', W') and `scores`
-    (N, H', W', 2), one cell per 12-px window of the level.
+    """On a pyramid level (see `_Graph.level`): `head` (N, 6, H', W'), one cell per 12-px
+    window of the level: its 4 box offsets, then its two class logits (not a face, face).
 
-    The softmax runs channels-last, where ONNX Runtime has its fast path."""
+    One convolution makes all six; the two-class softmax is left to the caller
+    (detector.mtcnn_onnx): as separate convolutions and an ONNX softmax (which
+    wants channels last) PNet cost 7% more.
+    """
     g = _Graph("pnet", weights)
     x = g.pool(g.prelu(g.conv(g.level())), 2, same=True)
     x = g.prelu(g.conv(g.prelu(g.conv(x))))
-    offsets = g.conv(x)
-    scores = g.softmax(g._node("Transpose", [g.conv(x)], perm=[0, 2, 3, 1]), axis=-1)
-    return g.model({"offsets": offsets, "scores": scores}, rank=4)
+    offsets_kernel, offsets_bias, scores_kernel, scores_bias = (g._take() for _ in range(4))
+    kernel = np.concatenate([offsets_kernel, scores_kernel], axis=-1)
+    bias = np.concatenate([offsets_bias, scores_bias])
+    head = g._node("Conv", [x, g._constant(kernel.transpose(3, 2, 0, 1)), g._constant(bias)])
+    return g.model({"head": head}, rank=4)
 
 
 def rnet_graph(weights: Sequence[np.ndarray]) -> onnx.ModelProto:
     """On 24x24 crops: `offsets` (N, 4) and `scores` (N, 2)."""
     g = _Graph("rnet", weights)
-    x = g.pool(g.prelu(g.conv(g.crops(24))), 3, same=True)
-    x = g.pool(g.prelu(g.conv(x)), 3, same=False)
-    x = g.prelu(g.dense(g.flatten_as_keras(g.prelu(g.conv(x)))), spatial=False)
+    x = g.pool(g.prelu_blocked(g.conv(g.crops(24))), 3, same=True)
+    x = g.pool(g.prelu_blocked(g.conv(x)), 3, same=False)
+    x = g.prelu(g.dense(g.flatten_as_keras(g.prelu_blocked(g.conv(x)))), spatial=False)
     offsets = g.dense(x)
     scores = g.softmax(g.dense(x), axis=-1)
     return g.model({"offsets": offsets, "scores": scores}, rank=2)
@@ -137,10 +158,10 @@ def rnet_graph(weights: Sequence[np.ndarray]) -> onnx.ModelProto:
 def onet_graph(weights: Sequence[np.ndarray]) -> onnx.ModelProto:
     """On 48x48 crops: `offsets` (N, 4), `landmarks` (N, 10: 5 xs, 5 ys) and `scores` (N, 2)."""
     g = _Graph("onet", weights)
-    x = g.pool(g.prelu(g.conv(g.crops(48))), 3, same=True)
-    x = g.pool(g.prelu(g.conv(x)), 3, same=False)
-    x = g.pool(g.prelu(g.conv(x)), 2, same=True)
-    x = g.prelu(g.dense(g.flatten_as_keras(g.prelu(g.conv(x)))), spatial=False)
+    x = g.pool(g.prelu_blocked(g.conv(g.crops(48))), 3, same=True)
+    x = g.pool(g.prelu_blocked(g.conv(x)), 3, same=False)
+    x = g.pool(g.prelu_blocked(g.conv(x)), 2, same=True)
+    x = g.prelu(g.dense(g.flatten_as_keras(g.prelu_blocked(g.conv(x)))), spatial=False)
     offsets = g.dense(x)
     landmarks = g.dense(x)
     scores = g.softmax(g.dense(x), axis=-1)

@@ -8,10 +8,16 @@ person can act on.
 
 Large photos need not be decoded whole: given `min_side`, a JPEG is decoded
 by libjpeg at the largest power-of-two reduction (at most 8) whose longest
-side stays at least `min_side` (Pillow's draft mode: a 24-MP photo costs a
-quarter of its pixels or less), and other formats are resized after
-decoding to that longest side. `LoadedImage.scale` says how to map its
-pixels back to the file's: original = decoded / scale.
+side stays at least `min_side` (a 24-MP photo costs a quarter of its pixels
+or less), and other formats are resized after decoding to that longest side.
+`LoadedImage.scale` says how to map its pixels back to the file's: original
+= decoded / scale.
+
+Pillow reads every file's header (size, EXIF orientation, format) and
+decodes every format; a complete RGB or grayscale JPEG, most of a photo
+folder, is decoded by OpenCV instead: the same libjpeg-turbo pixels (equal
+on UTKFace, webfaces and the crowd photos) in a third of Pillow's time,
+which was 10% of the work on 448-px photos.
 """
 
 import errno
@@ -34,6 +40,12 @@ _HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MAX_BYTES = 200 * 1024 * 1024
 _TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+_REDUCED_FLAGS = {
+    1: cv2.IMREAD_COLOR,
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
 
 
 class ImageLoadError(Exception):
@@ -92,9 +104,14 @@ def decode_image(
             stored = img.size
             if img.getexif().get(ExifTags.Base.Orientation) in _TRANSPOSED:
                 stored = stored[::-1]
-            reduction = _draft(img, min_side) if min_side else 1
-            img.load()
-            pixels = _to_rgb(ImageOps.exif_transpose(img))
+            reduction: int | None
+            decoded = _decoded_jpeg(img, data, min_side)
+            if decoded is not None:
+                pixels, reduction = decoded
+            else:
+                reduction = _draft(img, min_side) if min_side else 1
+                img.load()
+                pixels = _to_rgb(ImageOps.exif_transpose(img))
     except ImageLoadError:
         raise
     except Image.DecompressionBombError as exc:
@@ -118,6 +135,35 @@ def decode_image(
     return LoadedImage(pixels, digest, width=stored[0], height=stored[1], scale=scale)
 
 
+def _decoded_jpeg(
+    img: Image.Image, data: bytes, min_side: int | None
+) -> tuple[np.ndarray, int] | None:
+    """(upright RGB pixels, reduction) of a complete RGB or grayscale JPEG, reduced as
+    `_draft` would, by OpenCV (which applies the EXIF orientation itself); None for any
+    other file, or one OpenCV cannot decode, which Pillow then decodes or rejects.
+
+    Only a file ending in libjpeg's end-of-image marker: OpenCV fills a truncated
+    file's missing rows with grey where Pillow reports it truncated.
+    """
+    if img.format != "JPEG" or img.mode not in ("RGB", "L"):
+        return None
+    if not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+        return None
+    reduction = _reduction(img.size, min_side) if min_side else 1
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED_FLAGS[reduction])
+    if bgr is None:
+        return None
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), reduction
+
+
+def _reduction(size: tuple[int, int], min_side: int) -> int:
+    """The largest power-of-two reduction, at most 8, keeping the longest side >= min_side."""
+    reduction = 1
+    while reduction < 8 and max(size) // (2 * reduction) >= min_side:
+        reduction *= 2
+    return reduction
+
+
 def _draft(img: Image.Image, min_side: int) -> int | None:
     """Ask a JPEG's decoder for its largest reduction keeping `min_side`; returns it.
 
@@ -126,9 +172,7 @@ def _draft(img: Image.Image, min_side: int) -> int | None:
     size asked for. None: the format has no such mode.
     """
     width, height = img.size
-    reduction = 1
-    while reduction < 8 and max(width, height) // (2 * reduction) >= min_side:
-        reduction *= 2
+    reduction = _reduction(img.size, min_side)
     drafted = img.draft("RGB", (max(1, width // reduction), max(1, height // reduction)))
     return None if drafted is None else round(width / drafted[1][2])  # box: original / reduction
 

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from detector import ImageLoadError, load_image
+from detector.loading import decode_image
 from tests.badfiles import build_bad_corpus, write_exif_rotated
 
 
@@ -63,3 +64,26 @@ def test_pixel_cap_is_configurable(utkface_files: list[Path]) -> None:
     with pytest.raises(ImageLoadError) as info:
         load_image(utkface_files[0], max_pixels=100 * 100)
     assert info.value.reason == "too_large"
+
+
+def test_both_jpeg_decoders_give_the_same_pixels(
+    tmp_path: Path, utkface_files: list[Path], crowd_files: list[Path]
+) -> None:
+    """A complete JPEG decodes through OpenCV, one with bytes after its end marker (as some
+    phones write) through Pillow: the same upright pixels, whole, reduced and EXIF-rotated."""
+    write_exif_rotated(crowd_files[0], tmp_path / "rotated.jpg")
+    Image.open(crowd_files[1]).resize((2400, 1800)).save(tmp_path / "large.jpg", quality=90)
+    cases = [(utkface_files[0], None), (crowd_files[2], None), (tmp_path / "rotated.jpg", None)]
+    cases += [(tmp_path / "large.jpg", None), (tmp_path / "large.jpg", 500)]
+    for path, min_side in cases:
+        data = path.read_bytes()
+        assert data.endswith(b"\xff\xd9")
+        plain = decode_image(data, min_side=min_side)
+        trailing = decode_image(data + b"trailer written by a phone", min_side=min_side)
+        assert np.array_equal(plain.pixels, trailing.pixels), (path.name, min_side)
+        assert (plain.width, plain.height, plain.scale) == (
+            trailing.width,
+            trailing.height,
+            trailing.scale,
+        )
+    assert plain.scale == 0.25 and plain.pixels.shape == (450, 600, 3)

@@ -36,7 +36,9 @@ slows every method alike):
    `model.predict`.
 
 The ratio column divides images/s by the peer's measured the same way (run
-by run, in-process by in-process). Gender agreement with ours is reported on
+by run, in-process by in-process); "cores" is the method's CPU time (user +
+system, every thread) over its wall time: 2.00 on 2 cores is a run that kept
+both busy. Gender agreement with ours is reported on
 the images where both found exactly one face. Run the full set on a quiet
 machine; --limit N keeps N images per case for a smoke run.
 """
@@ -71,6 +73,7 @@ class Run:
     genders: dict[str, list[str]] = field(default_factory=dict)  # file name -> genders
     stages: dict[str, float] = field(default_factory=dict)
     peak_rss_mib: float | None = None
+    cpu_seconds: float | None = None  # user + system, all threads: cores kept busy = cpu / wall
 
     @property
     def images_per_s(self) -> float:
@@ -150,25 +153,30 @@ def rgb(path: Path) -> np.ndarray:
 
 def whole_process(
     command: list[str], env: dict[str, str] | None = None
-) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS MiB, stdout) of `command` run to its end.
+) -> tuple[float, float, float, str]:
+    """(wall seconds, peak RSS MiB, CPU seconds, stdout) of `command` run to its end.
 
     The peak is the child's VmHWM, polled: wait4's figure would count this
-    (large) process's memory too, which a forked child holds until it execs.
+    (large) process's memory too, which a forked child holds until it execs;
+    its CPU times are the child's own.
     """
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         started = time.perf_counter()
         process = subprocess.Popen(command, stdout=out, stderr=err, env=env)
         peak = 0.0
-        while process.poll() is None:
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
             peak = max(peak, _high_water_mib(process.pid))
             time.sleep(0.05)
         wall = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         if process.returncode:
             raise RuntimeError(f"{' '.join(command[:5])} failed: {err.read()[-2000:]}")
-        return wall, peak, out.read()
+        return wall, peak, usage.ru_utime + usage.ru_stime, out.read()
 
 
 def _high_water_mib(pid: int) -> float:
@@ -199,9 +207,9 @@ class OursRun:
                 "--db",
                 f"sqlite:///{tmp}/run.db",
             ]
-            wall, rss, stdout = whole_process(command, self.env)
+            wall, rss, cpu, stdout = whole_process(command, self.env)
         faces = int(stdout.split(" faces")[0].rsplit(" ", 1)[-1]) if " faces" in stdout else 0
-        return Run(wall, images, faces, peak_rss_mib=rss)
+        return Run(wall, images, faces, peak_rss_mib=rss, cpu_seconds=cpu)
 
 
 class PeerRun:
@@ -209,8 +217,8 @@ class PeerRun:
 
     def __call__(self, folder: Path, images: int) -> Run:
         command = [sys.executable, str(Path(__file__).resolve()), "--peer-run", str(folder)]
-        wall, rss, stdout = whole_process(command)
-        return Run(wall, images, int(stdout.strip() or 0), peak_rss_mib=rss)
+        wall, rss, cpu, stdout = whole_process(command)
+        return Run(wall, images, int(stdout.strip() or 0), peak_rss_mib=rss, cpu_seconds=cpu)
 
 
 def peer_run(folder: Path) -> None:
@@ -254,16 +262,17 @@ class Ours:
         with tempfile.TemporaryDirectory(prefix="facegender-e2e-") as tmp:
             sessions = open_database(f"sqlite:///{tmp}/bench.db")
             s = self.settings
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             _, totals = run_folder(sessions, folder, self.models, s.batch_size, s.max_attempts)
-            wall = time.perf_counter() - started
+            wall, cpu = time.perf_counter() - started, time.process_time() - cpu
             genders: dict[str, list[str]] = {}
             with sessions() as session:
                 query = select(Image.path, Face.gender).join(Face).order_by(Face.face_index)
                 for path, gender in session.execute(query):
                     genders.setdefault(Path(path).name, []).append(gender)
             sessions.kw["bind"].dispose()
-        return Run(wall, images, totals.faces, genders, {**totals.seconds, "wall": wall})
+        stages = {**totals.seconds, "wall": wall}
+        return Run(wall, images, totals.faces, genders, stages, cpu_seconds=cpu)
 
 
 class ImageByImage:
@@ -353,22 +362,27 @@ def report(case: str, images: int, runs: dict[str, list[Run]]) -> dict[str, obje
     """Print the case's table, stage breakdown and agreement; returns its figures."""
     medians = {name: median_run(r) for name, r in runs.items()}
     print(f"\n== {case}: {images} images, median of {len(next(iter(runs.values())))} run(s) ==")
-    print(f"{'method':<12}{'images/s':>10}{'vs peer':>9}{'faces':>7}{'seconds':>9}{'peak MiB':>10}")
+    print(
+        f"{'method':<12}{'images/s':>10}{'vs peer':>9}{'faces':>7}{'seconds':>9}{'peak MiB':>10}"
+        f"{'cores':>7}"
+    )
     figures: dict[str, object] = {}
     for name, run in medians.items():
         peer = medians.get("peer run" if name.endswith(" run") else "peer")
         ratio = f"{run.images_per_s / peer.images_per_s:.2f}x" if peer else "-"
         rss = f"{run.peak_rss_mib:.0f}" if run.peak_rss_mib else "-"
+        cores = f"{run.cpu_seconds / run.seconds:.2f}" if run.cpu_seconds is not None else "-"
         each = ", ".join(f"{r.images_per_s:.1f}" for r in runs[name])
         print(
             f"{name:<12}{run.images_per_s:>10.1f}{ratio:>9}{run.faces:>7}{run.seconds:>9.2f}"
-            f"{rss:>10}   ({each})"
+            f"{rss:>10}{cores:>7}   ({each})"
         )
         figures[name] = {
             "images_per_s": run.images_per_s,
             "seconds": run.seconds,
             "faces": run.faces,
             "peak_rss_mib": run.peak_rss_mib,
+            "cpu_seconds": run.cpu_seconds,
         }
     if "ours" in medians:
         ours = medians["ours"]

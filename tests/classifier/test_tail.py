@@ -6,6 +6,7 @@ the last stage's convolutions and the head, learns, and leaves the full
 pixels-in model with the best val epoch.
 """
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from classifier.training.tail import (  # noqa: E402
     extra_view,
     fine_tune_tail,
     load_or_compute,
+    strong_view,
     tail_model,
 )
 from classifier.training.train import TrainConfig, build_model  # noqa: E402
@@ -79,9 +81,12 @@ def test_fine_tuning_the_tail_trains_the_served_model(subset: Path) -> None:
     frozen = backbone.get_layer("dlib105_con").get_weights()[0].copy()
     last = backbone.get_layer("dlib121_con").get_weights()[0].copy()
 
-    history = fine_tune_tail(model, config, [train], val, verbose=0)
+    ends: list[int] = []
+    counted = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, _: ends.append(epoch))
+    history = fine_tune_tail(model, config, [train], val, verbose=0, callbacks=[counted])
 
     assert [row["epoch"] for row in history] == list(range(21))
+    assert ends == list(range(20))  # the caller's callbacks see every epoch
     best = max(row["val_accuracy"] for row in history)
     assert best >= 0.75 and best > history[0]["val_accuracy"]  # it learnt, from chance
     val_pixels = np.asarray(val.cropset.crops[val.rows[val.found]], np.float32)
@@ -91,9 +96,23 @@ def test_fine_tuning_the_tail_trains_the_served_model(subset: Path) -> None:
     assert not np.allclose(backbone.get_layer("dlib121_con").get_weights()[0], last)
 
 
-def test_extra_views_stay_crops() -> None:
+@pytest.mark.parametrize("view", [extra_view, strong_view])
+def test_extra_views_stay_crops(
+    view: Callable[[np.ndarray, np.random.Generator], np.ndarray],
+) -> None:
     rng = np.random.default_rng(0)
     crop = np.random.default_rng(1).integers(0, 256, (224, 224, 3), dtype=np.uint8)
-    views = [extra_view(crop, rng) for _ in range(8)]
+    views = [view(crop, rng) for _ in range(8)]
     assert all(v.shape == crop.shape and v.min() >= 0 and v.max() <= 255 for v in views)
     assert all(not np.allclose(v, crop) for v in views)
+
+
+def test_strong_views_have_their_own_cache(subset: Path) -> None:
+    """The crop and its mirror are the same under either recipe; the extra views are not."""
+    train = load_splits(subset)["train"]
+    model = build_model(TrainConfig(backbone="dlib_resnet_stages", unfreeze=0, head=(8,)))
+    cut, rows = cut_layer(model, 2), train.rows[train.found][:16]
+    mild = load_or_compute(train.cropset, model, cut, 1, rows=rows).views
+    strong = load_or_compute(train.cropset, model, cut, 1, rows=rows, views="strong").views
+    np.testing.assert_array_equal(mild[:2, rows], strong[:2, rows])
+    assert not np.allclose(mild[2, rows], strong[2, rows])

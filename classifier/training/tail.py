@@ -19,7 +19,9 @@ ages 0-12 weighted 1.5x): val 93.97% after one epoch (loss 0.195 -> 0.174),
 93.72% after two (over-fitting again); ages 0-12 weighted 3x, one epoch: 93.63%
 (minors 76.7). The mean of the start and the two epochs' weights: val 94.46%
 served (minors 79.7, loss 0.175 -> 0.167), yet served int8 test 93.5% (minors
-76.8, Asian 89.6) against the default's 93.6 (77.3, 90.0): not kept.
+76.8, Asian 89.6) against the default's 93.6 (77.3, 90.0): not kept. The last
+three stages (cut 17x17x64, 2 strong views, 1e-5): val 93.84 / 93.66% after
+epochs 1 / 2 (minors 76.6 / 76.2, train loss 0.085): more capacity over-fits.
 
     model = keras.saving.load_model("classifier/default_model/model.keras")
     cut = cut_layer(model, stages=2)                  # e.g. "dlib089_relu", 8x8x128

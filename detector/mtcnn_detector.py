@@ -21,10 +21,10 @@ import numpy as np
 from detector.faces import Face
 from detector.mtcnn_cascade import Cascade
 
-# Padded detection pixels per MTCNN call. A call's largest PNet level holds about 60
-# bytes of activations per pixel, so this bounds a call near 120 MB (ONNX Runtime's arena
-# keeps the largest call's): small images still share a call by the dozen, a 1024-px
-# photo (1.97 MP padded) goes alone.
+# Padded detection pixels per MTCNN call: this bounds the detection images, their pyramid
+# levels and normalised copies held at once (the networks run on pieces of at most 36,864
+# pixels, see detector.mtcnn_cascade): small images still share a call by the dozen, a
+# 1024-px photo (1.97 MP padded) goes alone.
 _CALL_PIXELS = 2_000_000
 
 

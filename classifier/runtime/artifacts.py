@@ -7,6 +7,9 @@ runtime, LiteRT flatbuffers made from it by the export command
 - `<stem>.fp32.tflite`: float32, matching Keras to about 1e-5;
 each with a `<stem>.<kind>.json` record naming the sha256 of the `.keras` file it
 was made from, so a retrained model is never served with stale weights.
+For ONNX Runtime, which builds its graph from the `.keras` file itself
+(classifier.runtime.onnx_graph), int8 needs only the activation ranges measured
+on calibration crops: `<stem>.onnx-int8.json`, a few KB, with the same record.
 """
 
 import functools
@@ -63,6 +66,28 @@ def litert_paths(model_path: Path, kind: str) -> tuple[Path, Path]:
         model_path.with_name(f"{model_path.stem}.{kind}.tflite"),
         model_path.with_name(f"{model_path.stem}.{kind}.json"),
     )
+
+
+def onnx_ranges_path(model_path: Path) -> Path:
+    """`<stem>.onnx-int8.json` beside the model: ONNX Runtime's int8 calibration ranges."""
+    return model_path.with_name(f"{model_path.stem}.onnx-int8.json")
+
+
+def onnx_int8_record(model_path: Path) -> dict:
+    """The int8 ranges record made from this exact `model_path`, or ArtifactMissingError."""
+    path = onnx_ranges_path(model_path)
+    if not path.is_file():
+        raise ArtifactMissingError(
+            f"no ONNX int8 ranges beside {model_path}; make them with "
+            f"`{export_command(model_path)}`"
+        )
+    record = json.loads(path.read_text())
+    if record.get("model_sha256") != file_sha256(model_path):
+        raise ArtifactMissingError(
+            f"{path} was made from another version of {model_path.name}; export it "
+            f"again with `{export_command(model_path)}`"
+        )
+    return record
 
 
 def export_command(model_path: Path) -> str:

@@ -7,10 +7,14 @@ writes beside the model (see classifier.runtime.artifacts):
 - `<stem>.int8.tflite`: full-integer int8, calibrated on crops of `--images`
   training images of `--data` (default: UTKFace under $FACEGENDER_DATA);
 each with its `<stem>.<kind>.json` record naming the sha256 of the model it was
-made from. Needs Keras on TensorFlow (the converter); serving them does not.
+made from; and `<stem>.onnx-int8.json`, the activation ranges over the same crops
+from which ONNX Runtime quantises its own graph of the model (no TensorFlow
+needed for that one). The LiteRT files need Keras on TensorFlow (the
+converter); serving them does not.
 """
 
 import argparse
+import hashlib
 import json
 import os
 import tempfile
@@ -19,7 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from classifier.runtime.artifacts import file_sha256, litert_paths, resolve_model_path
+from classifier.runtime.artifacts import (
+    file_sha256,
+    litert_paths,
+    onnx_ranges_path,
+    resolve_model_path,
+)
+from classifier.runtime.onnx_graph import UnsupportedLayerError
 
 CALIBRATION_IMAGES = 300
 CALIBRATION_SEED = 0
@@ -59,10 +69,8 @@ def export_fp32(model_path: Path) -> tuple[Path, dict[str, Any]]:
     return _write(model_path, "fp32", convert(model_path), {"format": "float32"})
 
 
-def export_int8(
-    model_path: Path, data_dir: Path, images: int = CALIBRATION_IMAGES
-) -> tuple[Path, dict[str, Any]]:
-    """Quantise `model_path`, calibrated on crops of `images` training images: (path, record).
+def calibration_crops(data_dir: Path, images: int = CALIBRATION_IMAGES) -> np.ndarray:
+    """Aligned crops of `images` seeded training images of `data_dir` (N, S, S, 3) uint8.
 
     The images are drawn first and only their faces detected, so an export
     needs seconds, not a crop cache of the whole data set.
@@ -78,17 +86,49 @@ def export_int8(
         len(train), min(images, len(train)), replace=False
     )
     cropset = load_or_build([train[i].path for i in np.sort(picked)])
-    calibration = np.asarray(cropset.crops[cropset.found])
+    return np.asarray(cropset.crops[cropset.found])
+
+
+def export_int8(
+    model_path: Path, data_dir: Path, images: int = CALIBRATION_IMAGES
+) -> tuple[Path, dict[str, Any]]:
+    """Quantise `model_path`, calibrated on `calibration_crops`: (path, record)."""
+    calibration = calibration_crops(data_dir, images)
     details = {
         "quantization": "full-integer int8; int8 input (pixel - 128), float32 output",
-        "calibration": {
-            "data": data_dir.resolve().name,
-            "split": "train",
-            "images": len(calibration),
-            "seed": CALIBRATION_SEED,
-        },
+        "calibration": _calibration(data_dir, len(calibration)),
     }
     return _write(model_path, "int8", convert(model_path, calibration), details)
+
+
+def export_onnx_int8(model_path: Path, data_dir: Path, images: int = CALIBRATION_IMAGES) -> Path:
+    """Write `<stem>.onnx-int8.json`: ONNX Runtime's int8 ranges over the calibration crops
+    of `export_int8` (the same images). Needs no TensorFlow."""
+    from classifier.runtime.onnx_graph import graph_bytes
+    from classifier.runtime.onnx_runner import QUANTISATION, measured_ranges
+
+    calibration = calibration_crops(data_dir, images)
+    graph = graph_bytes(model_path)
+    record = {
+        "model": model_path.name,
+        "model_sha256": file_sha256(model_path),
+        "graph_sha256": hashlib.sha256(graph).hexdigest(),
+        "quantization": {"format": "QDQ uint8 activations, int8 weights", **QUANTISATION},
+        "calibration": _calibration(data_dir, len(calibration)),
+        "ranges": measured_ranges(graph, calibration),
+    }
+    path = onnx_ranges_path(model_path)
+    _write_atomically(path, (json.dumps(record) + "\n").encode())
+    return path
+
+
+def _calibration(data_dir: Path, crops: int) -> dict[str, Any]:
+    return {
+        "data": data_dir.resolve().name,
+        "split": "train",
+        "images": crops,
+        "seed": CALIBRATION_SEED,
+    }
 
 
 def _write(
@@ -120,13 +160,23 @@ def main() -> None:
     )
     parser.add_argument("--images", type=int, default=CALIBRATION_IMAGES)
     parser.add_argument("--skip-int8", action="store_true", help="write only the float32 file")
+    parser.add_argument(
+        "--onnx-only", action="store_true", help="write only the ONNX int8 ranges (no TensorFlow)"
+    )
     args = parser.parse_args()
     model_path = resolve_model_path(args.model)
-    exports = [export_fp32(model_path)]
+    if not args.onnx_only:
+        exports = [export_fp32(model_path)]
+        if not args.skip_int8:
+            exports.append(export_int8(model_path, args.data, args.images))
+        for artifact, record in exports:
+            print(f"wrote {artifact} ({artifact.stat().st_size:,} bytes): {json.dumps(record)}")
     if not args.skip_int8:
-        exports.append(export_int8(model_path, args.data, args.images))
-    for artifact, record in exports:
-        print(f"wrote {artifact} ({artifact.stat().st_size:,} bytes): {json.dumps(record)}")
+        try:
+            ranges = export_onnx_int8(model_path, args.data, args.images)
+            print(f"wrote {ranges} ({ranges.stat().st_size:,} bytes)")
+        except UnsupportedLayerError as exc:
+            print(f"no ONNX int8 ranges: {exc} (LiteRT serves this model)")
 
 
 if __name__ == "__main__":

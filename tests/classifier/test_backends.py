@@ -1,4 +1,5 @@
-"""Inference backends: LiteRT float32 matches Keras, int8 stays close, "auto" picks by files."""
+"""Inference backends: float32 runtimes match Keras, int8 stays close, "auto" picks by files
+and by CPU."""
 
 import json
 import logging
@@ -10,8 +11,13 @@ import numpy as np
 import pytest
 
 from classifier import GenderClassifier
-from classifier.runtime.artifacts import ArtifactMissingError, litert_paths
-from classifier.runtime.backends import BACKENDS, load_runner
+from classifier.runtime.artifacts import (
+    ArtifactMissingError,
+    file_sha256,
+    litert_paths,
+    onnx_ranges_path,
+)
+from classifier.runtime.backends import BACKENDS, cpu_runtimes, load_runner
 from classifier.runtime.calibration import calibrated_p_female
 from classifier.runtime.keras_runner import KerasRunner
 
@@ -63,6 +69,50 @@ def test_int8_stays_close_to_keras(crops: np.ndarray, model_path: Path) -> None:
     int8_p = int8.predict_p_female(crops)
     assert np.mean((int8_p >= 0.5) == (keras_p >= 0.5)) >= 0.9
     assert np.median(np.abs(int8_p - keras_p)) < 0.05
+
+
+def test_onnx_float32_built_from_the_archive_matches_keras(
+    crops: np.ndarray, model_path: Path
+) -> None:
+    keras_p = GenderClassifier(model_path, batch_size=8, backend="keras").raw_outputs(crops)
+    onnx = GenderClassifier(model_path, batch_size=8, backend="onnx")
+    assert np.allclose(onnx.raw_outputs(crops), keras_p, atol=1e-5)
+    assert onnx.provenance()["served_file"] == model_path.name
+    assert set(onnx.provenance()["packages"]) == {"onnxruntime"}
+
+
+def test_onnx_int8_from_ranges_the_export_measured_stays_close_to_keras(
+    crops: np.ndarray, model_path: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    from classifier.training.export import export_onnx_int8
+
+    copy = copy_model(model_path, tmp_path)
+    ranges = export_onnx_int8(copy, data_dir / "utkface", images=40)
+    assert ranges == onnx_ranges_path(copy)
+    assert json.loads(ranges.read_text())["model_sha256"] == file_sha256(copy)
+    keras_p = GenderClassifier(copy, batch_size=8, backend="keras").raw_outputs(crops)
+    int8 = GenderClassifier(copy, batch_size=8, backend="onnx-int8")
+    int8_p = int8.raw_outputs(crops)
+    assert not np.allclose(int8_p, keras_p, atol=1e-5)  # it really ran quantised
+    assert np.mean((int8_p >= 0.5) == (keras_p >= 0.5)) >= 0.95
+    assert np.median(np.abs(int8_p - keras_p)) < 0.02
+    assert int8.provenance()["served_file"] == ranges.name
+    # The shipped model's own ranges serve it as closely.
+    shipped = GenderClassifier(model_path, batch_size=8, backend="onnx-int8").raw_outputs(crops)
+    assert np.mean((shipped >= 0.5) == (keras_p >= 0.5)) >= 0.95
+
+    record = json.loads(ranges.read_text())
+    ranges.write_text(json.dumps({**record, "model_sha256": "0" * 64}))
+    with pytest.raises(ArtifactMissingError, match="another version"):
+        BACKENDS["onnx-int8"](copy, 0)
+
+
+def test_auto_prefers_onnx_int8_on_x86_cpus_without_vnni() -> None:
+    assert cpu_runtimes("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n")[0] == "onnx-int8"
+    assert cpu_runtimes("flags\t\t: avx2 avx512f avx512_vnni\n")[0] == "litert-int8"
+    assert cpu_runtimes("flags\t\t: avx2 avx_vnni\n")[0] == "litert-int8"
+    assert cpu_runtimes("")[0] == "litert-int8"  # not x86: XNNPACK's int8 is at home there
+    assert set(cpu_runtimes()) == {"onnx-int8", "litert-int8", "litert"}
 
 
 def test_mixed_precision_computes_the_backbone_in_bfloat16(
@@ -134,7 +184,7 @@ def test_auto_skips_an_int8_file_made_from_another_model(model_path: Path, expor
         with pytest.raises(ArtifactMissingError, match="another version"):
             BACKENDS["litert-int8"](exported, 0)
         used, runner = load_runner("auto", exported)
-        assert used == "litert"
+        assert used == "litert"  # no ONNX int8 ranges beside this copy either
         assert runner.served_file.name == f"{exported.stem}.fp32.tflite"
     finally:
         for path in litert_paths(exported, "int8"):

@@ -11,14 +11,12 @@ found without importing it.
 
 import hashlib
 import importlib.util
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
-CACHE_ENV = "FACEGENDER_CACHE"
+from detector.cache import cache_root, cached_bytes
+
 _BUILDER = Path(__file__).with_name("mtcnn_graphs.py")
 
 
@@ -30,37 +28,17 @@ def weights_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "assets" / "weights"
 
 
-def cache_dir() -> Path:
-    """$FACEGENDER_CACHE (default ~/.cache/facegender)/mtcnn."""
-    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "facegender"
-    return Path(root) / "mtcnn"
-
-
 def model_bytes(name: str) -> bytes:
-    """The named network's serialised ONNX model: from the cache, else built and cached.
-
-    The cache is written atomically (a temporary file renamed into place), so
-    processes starting at once never read half a file; an unwritable cache
-    only costs the build on every start.
-    """
+    """The named network's serialised ONNX model: from the cache, else built and cached."""
     weights = weights_dir() / f"{name}.lz4"
     digest = hashlib.sha256(weights.read_bytes() + _BUILDER.read_bytes()).hexdigest()
-    path = cache_dir() / f"{name}-{digest[:24]}.onnx"
-    try:
-        return path.read_bytes()
-    except OSError:
-        pass
-    from detector.mtcnn_graphs import serialised  # imports onnx: first start only
 
-    model = serialised(name, weights)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as out:
-            out.write(model)
-        os.replace(out.name, path)
-    except OSError:
-        pass
-    return model
+    def build() -> bytes:
+        from detector.mtcnn_graphs import serialised  # imports onnx: first start only
+
+        return serialised(name, weights)
+
+    return cached_bytes(cache_root() / "mtcnn" / f"{name}-{digest[:24]}.onnx", build)
 
 
 def face_probability(other: np.ndarray, face: np.ndarray) -> np.ndarray:
@@ -74,9 +52,13 @@ def face_probability(other: np.ndarray, face: np.ndarray) -> np.ndarray:
 
 
 class MtcnnNetworks:
-    """The three networks as ONNX Runtime sessions (CPU); `threads` 0 lets ORT choose."""
+    """The three networks as ONNX Runtime sessions (CPU); `threads` 0 lets ORT choose.
+
+    ONNX Runtime loads when the networks are made, not when the package is imported."""
 
     def __init__(self, threads: int = 0) -> None:
+        import onnxruntime as ort
+
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

@@ -29,18 +29,12 @@ from classifier.runtime.artifacts import (
     onnx_int8_record,
     onnx_ranges_path,
 )
+from detector.cache import cache_root, cached_bytes
 
 _BUILDER = Path(__file__).with_name("onnx_graph.py")
 KINDS = ("fp32", "int8")
 # How the ranges quantise, at export and at build alike (onnxruntime.quantization's terms).
 QUANTISATION = {"per_channel": True, "reduce_range": True}
-
-
-def cache_dir() -> Path:
-    """$FACEGENDER_CACHE (default ~/.cache/facegender)/classifier."""
-    return Path(os.environ.get("FACEGENDER_CACHE") or Path.home() / ".cache" / "facegender") / (
-        "classifier"
-    )
 
 
 class OnnxRunner:
@@ -76,10 +70,7 @@ class OnnxRunner:
 
 
 def cached_graph(model_path: Path, kind: str) -> bytes:
-    """The serialised graph of `kind` for this model: from the cache, else built and cached.
-
-    Written atomically, so processes starting at once never read half a file.
-    """
+    """The serialised graph of `kind` for this model: from the cache, else built and cached."""
     record = onnx_int8_record(model_path) if kind == "int8" else None
     parts = [file_sha256(model_path), hashlib.sha256(_BUILDER.read_bytes()).hexdigest(), kind]
     if record is not None:
@@ -88,24 +79,15 @@ def cached_graph(model_path: Path, kind: str) -> bytes:
             importlib.metadata.version("onnxruntime"),
         ]
     digest = hashlib.sha256("/".join(parts).encode()).hexdigest()
-    path = cache_dir() / f"{model_path.stem}-{kind}-{digest[:24]}.onnx"
-    try:
-        return path.read_bytes()
-    except OSError:
-        pass
-    from classifier.runtime.onnx_graph import graph_bytes  # imports onnx: first start only
 
-    graph = graph_bytes(model_path)
-    if record is not None:
-        graph = quantised(graph, record)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as out:
-            out.write(graph)
-        os.replace(out.name, path)
-    except OSError:
-        pass
-    return graph
+    def build() -> bytes:
+        from classifier.runtime.onnx_graph import graph_bytes  # imports onnx: first start only
+
+        graph = graph_bytes(model_path)
+        return graph if record is None else quantised(graph, record)
+
+    path = cache_root() / "classifier" / f"{model_path.stem}-{kind}-{digest[:24]}.onnx"
+    return cached_bytes(path, build)
 
 
 def quantised(graph: bytes, record: dict[str, Any]) -> bytes:

@@ -17,9 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from detector import ALIGNED_SIZE, TEMPLATE, DetectorSettings, Face, FaceDetector, align_face
+from detector.cache import cache_root
 from detector.loading import ImageLoadError, load_image
-
-CACHE_ENV = "FACEGENDER_CACHE"
 
 
 @dataclass(frozen=True)
@@ -32,9 +31,9 @@ class CropSet:
     face_counts: np.ndarray
 
 
-def cache_root() -> Path:
-    """$FACEGENDER_CACHE (default ~/.cache/facegender)/crops."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "facegender") / "crops"
+def crops_root() -> Path:
+    """$FACEGENDER_CACHE/crops."""
+    return cache_root() / "crops"
 
 
 def main_face(faces: Sequence[Face]) -> Face | None:
@@ -51,7 +50,7 @@ def load_or_build(
     """Crops for `paths` from the cache, building the missing cache first."""
     settings = settings or DetectorSettings()
     paths = [Path(p) for p in paths]
-    folder = cache_root() / _key(paths, settings)
+    folder = crops_root() / _key(paths, settings)
     if not (folder / "index.json").is_file():
         _build(folder, paths, settings, batch_size, progress)
     index = json.loads((folder / "index.json").read_text())

@@ -30,6 +30,7 @@ from classifier.runtime.artifacts import (
     resolve_model_path,
 )
 from classifier.runtime.onnx_graph import UnsupportedLayerError
+from detector.cache import write_atomically
 
 CALIBRATION_IMAGES = 300
 CALIBRATION_SEED = 0
@@ -118,7 +119,7 @@ def export_onnx_int8(model_path: Path, data_dir: Path, images: int = CALIBRATION
         "ranges": measured_ranges(graph, calibration),
     }
     path = onnx_ranges_path(model_path)
-    _write_atomically(path, (json.dumps(record) + "\n").encode())
+    write_atomically(path, (json.dumps(record) + "\n").encode())
     return path
 
 
@@ -138,15 +139,9 @@ def _write(
     record naming the new model beside an old artifact."""
     artifact, record_path = litert_paths(model_path, kind)
     record = {"model": model_path.name, "model_sha256": file_sha256(model_path), **details}
-    _write_atomically(artifact, flatbuffer)
-    _write_atomically(record_path, (json.dumps(record, indent=2) + "\n").encode())
+    write_atomically(artifact, flatbuffer)
+    write_atomically(record_path, (json.dumps(record, indent=2) + "\n").encode())
     return artifact, record
-
-
-def _write_atomically(target: Path, data: bytes) -> None:
-    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
-    partial.write_bytes(data)
-    os.replace(partial, target)
 
 
 def main() -> None:

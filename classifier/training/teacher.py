@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from classifier.training.backbones import build_backbone
-from classifier.training.crops import CropSet, cache_root
+from classifier.training.crops import CropSet
 from classifier.training.dlib_resnet import ALIGNED_TO_CHIP, face_recognition_model_path
+from detector.cache import cache_root
 
 __all__ = ["TEACHER", "TeacherEmbeddings", "load_or_compute", "teacher_root"]
 
@@ -43,7 +44,7 @@ class TeacherEmbeddings:
 
 def teacher_root() -> Path:
     """$FACEGENDER_CACHE/teacher, beside the crop cache."""
-    return cache_root().parent / "teacher"
+    return cache_root() / "teacher"
 
 
 def cache_key(crops: CropSet, model_path: Path, backbone: str) -> str:

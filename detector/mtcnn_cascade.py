@@ -19,13 +19,12 @@ from detector.mtcnn_boxes import (
     nms,
     place_landmarks,
     proposals,
-    reach,
     regress,
     scale_pyramid,
     square,
 )
 from detector.mtcnn_images import (
-    area_weights,
+    axis_weights,
     crop_and_resize,
     level,
     level_size,
@@ -112,15 +111,15 @@ class Cascade:
             pixels = stacked(
                 np.stack([images[i][pad : height - pad, pad : width - pad] for i in members])
             )
-            inside_rows, inside_cols = range(pad, height - pad), range(pad, width - pad)
-            for scale in scale_pyramid(width, height, min_face_size, _SCALE_FACTOR):
-                scaled_h, scaled_w = level_size(height, width, scale)
-                rows = range(*reach(height, pad, scaled_h)) if crop else range(scaled_h)
-                cols = range(*reach(width, pad, scaled_w)) if crop else range(scaled_w)
+            scales = scale_pyramid(width, height, min_face_size, _SCALE_FACTOR)
+            sizes = [level_size(height, width, scale) for scale in scales]
+            row_parts = axis_weights(height, pad, tuple(h for h, _ in sizes), crop)
+            col_parts = axis_weights(width, pad, tuple(w for _, w in sizes), crop)
+            for scale, (rows, row_weights), (cols, col_weights) in zip(
+                scales, row_parts, col_parts, strict=True
+            ):
                 if min(len(rows), len(cols)) < 12:
                     continue  # no PNet window fits
-                row_weights = area_weights(height, scaled_h, rows, inside_rows)
-                col_weights = area_weights(width, scaled_w, cols, inside_cols)
                 pyramid_level = level(pixels, len(members), row_weights, col_weights)
                 boxes = proposals(*self._pnet(pyramid_level), threshold)
                 if len(boxes):

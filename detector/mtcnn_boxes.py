@@ -28,13 +28,19 @@ def proposals(offsets: np.ndarray, scores: np.ndarray, threshold: float) -> np.n
     image, row, col = np.nonzero(scores > threshold)
     if not len(image):  # most levels of most images: skip the arithmetic on nothing
         return np.empty((0, 6))
-    regression = offsets[image, :, row, col].T.astype(np.float64)  # (4, K)
+    boxes = np.c_[image, windows(row, col, offsets[image, :, row, col], scores[image, row, col])]
+    return boxes[np.argsort(boxes[:, -1])[::-1]]
+
+
+def windows(row: np.ndarray, col: np.ndarray, offsets: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """Rows [x1, y1, x2, y2, score] of the PNet windows at output cells (row, col) of a level,
+    moved by their `offsets` (K, 4)."""
+    regression = offsets.T.astype(np.float64)  # (4, K)
     x1 = (col * _STRIDE + 1) + regression[0] * (_CELL - 1)
     y1 = (row * _STRIDE + 1) + regression[1] * (_CELL - 1)
     x2 = (col * _STRIDE + _CELL) + regression[2] * (_CELL - 1)
     y2 = (row * _STRIDE + _CELL) + regression[3] * (_CELL - 1)
-    boxes = np.stack([image, x1, y1, x2, y2, scores[image, row, col]], axis=0).T
-    return boxes[np.argsort(boxes[:, -1])[::-1]]
+    return np.stack([x1, y1, x2, y2, score], axis=0).T
 
 
 def regress(boxes: np.ndarray, offsets: np.ndarray) -> np.ndarray:

@@ -1,16 +1,18 @@
 """MTCNN's three stages over a few detection images of any sizes, on ONNX Runtime.
 
 PNet runs over each image's scale pyramid (images of one size and border
-share each call), then RNet and ONet each refine the proposals of all the
-images at once, on crops taken from the normalised images. The stages follow
-the `mtcnn` package's `StagePNet`, `StageRNet` and `StageONet` step for step
-with its default NMS thresholds, so the faces are the package's, to float
-rounding; nothing is kept per image size, so any mix of sizes costs no more
-than its pixels.
+share each call; the levels of an image alone in its size are tiled with
+others' on shared canvases, detector.mtcnn_canvas), then RNet and ONet each
+refine the proposals of all the images at once, on crops taken from the
+normalised images. The stages follow the `mtcnn` package's `StagePNet`,
+`StageRNet` and `StageONet` step for step with its default NMS thresholds,
+so the faces are the package's, to float rounding; nothing is kept per
+image size, so any mix of sizes costs no more than its pixels.
 """
 
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -22,7 +24,9 @@ from detector.mtcnn_boxes import (
     regress,
     scale_pyramid,
     square,
+    windows,
 )
+from detector.mtcnn_canvas import tiled
 from detector.mtcnn_images import (
     axis_weights,
     crop_and_resize,
@@ -43,6 +47,19 @@ _NMS_PNET_SCALE, _NMS_PNET, _NMS_RNET, _NMS_ONET = 0.5, 0.7, 0.7, 0.7
 # RNet 57-66 us a crop in calls of 32-64 against 96 in calls of 512, ONet 366 us against 421
 # in calls of 128.
 _NET_PIXELS = 16 * 48 * 48
+
+
+@dataclass(frozen=True)
+class _Lone:
+    """A pyramid level of one image, to be tiled: its pixels (3, h, w), its group in the
+    per-level NMS, the image, its rows and columns of the whole level, and its scale."""
+
+    pixels: np.ndarray
+    group: int
+    image: int
+    rows: range
+    cols: range
+    scale: float
 
 
 class Cascade:
@@ -106,6 +123,7 @@ class Cascade:
             groups[image.shape, pad].append(index)
         found = []
         levels = 0  # (level, image) pairs so far: each is one group of the per-level NMS
+        lone: list[_Lone] = []  # levels of images alone in their size: see `_tiled`
         for ((height, width, _), pad), members in groups.items():
             crop = pad > 0 and threshold > 10 * self._padding_score
             pixels = stacked(
@@ -121,6 +139,10 @@ class Cascade:
                 if min(len(rows), len(cols)) < 12:
                     continue  # no PNet window fits
                 pyramid_level = level(pixels, len(members), row_weights, col_weights)
+                if len(members) == 1 and len(rows) * len(cols) <= _NET_PIXELS:
+                    lone.append(_Lone(pyramid_level[0], levels, members[0], rows, cols, scale))
+                    levels += 1
+                    continue
                 boxes = proposals(*self._pnet(pyramid_level), threshold)
                 if len(boxes):
                     owners = np.asarray(members, dtype=np.float64)[boxes[:, 0].astype(int)]
@@ -130,12 +152,47 @@ class Cascade:
                     boxes[:, 1:5] /= scale
                     found.append(np.column_stack([boxes, owners]))
                 levels += len(members)
+        if lone:
+            found += self._tiled(lone, threshold)
         if not found:
             return np.empty((0, 6))
         # The package's NMS within each level of each image, all in one call.
         boxes = nms(np.concatenate(found), _NMS_PNET_SCALE, "union", sort=False)
         boxes = np.c_[boxes[:, 6], boxes[:, 1:6]]  # rows are the images' again
         return square(nms(boxes, _NMS_PNET, "union", sort=True))
+
+    def _tiled(self, lone: list[_Lone], threshold: float) -> list[np.ndarray]:
+        """`_propose`'s rows for the levels of images alone in their size, tiled on canvases
+        (detector.mtcnn_canvas)."""
+        group = np.asarray([entry.group for entry in lone], dtype=np.float64)
+        image = np.asarray([entry.image for entry in lone], dtype=np.float64)
+        row_start = np.asarray([entry.rows.start for entry in lone], dtype=np.float64)
+        col_start = np.asarray([entry.cols.start for entry in lone], dtype=np.float64)
+        scale = np.asarray([entry.scale for entry in lone])
+        found = []
+        for canvas in tiled([entry.pixels for entry in lone], _NET_PIXELS):
+            offsets, scores = self._nets.pnet_packed(canvas.pixels, canvas.mask)
+            cell_row, cell_col = np.nonzero((scores[0] > threshold) & (canvas.owner >= 0))
+            if not len(cell_row):
+                continue
+            owner = canvas.owner[cell_row, cell_col]
+            row, col = cell_row - canvas.origins[owner, 0], cell_col - canvas.origins[owner, 1]
+            boxes = windows(
+                row, col, offsets[0][:, cell_row, cell_col].T, scores[0][cell_row, cell_col]
+            )
+            # Best first within each level, ties ordered as a level alone orders them (a tie's
+            # order decides which box the NMS keeps).
+            by_level = np.argsort(owner, kind="stable")
+            starts = np.flatnonzero(np.diff(owner[by_level], prepend=-1))
+            order = np.concatenate(
+                [part[np.argsort(boxes[part, 4])[::-1]] for part in np.split(by_level, starts[1:])]
+            )
+            boxes, owner = np.c_[group[owner], boxes, image[owner]][order], owner[order]
+            boxes[:, [1, 3]] += col_start[owner, None]
+            boxes[:, [2, 4]] += row_start[owner, None]
+            boxes[:, 1:5] /= scale[owner, None]
+            found.append(boxes)
+        return found
 
     def _pnet(self, level: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """PNet's (offsets, scores) for a level of several images, a few images a call."""

@@ -51,6 +51,11 @@ class _Graph:
         """Input `level`: a normalised pyramid level, NCHW (detector.mtcnn_images.level)."""
         return self._input("level", TensorProto.FLOAT, ["batch", 3, "height", "width"])
 
+    def masked(self, x: str) -> str:
+        """`x` plus input `mask` (1, 1, height - 2, width - 2): see detector.mtcnn_canvas."""
+        mask = self._input("mask", TensorProto.FLOAT, [1, 1, "cells_h", "cells_w"])
+        return self._node("Add", [x, mask])
+
     def _take(self) -> np.ndarray:
         weight = self._weights[self._used]
         self._used += 1
@@ -126,16 +131,18 @@ class _Graph:
         return model
 
 
-def pnet_graph(weights: Sequence[np.ndarray]) -> onnx.ModelProto:
+def pnet_graph(weights: Sequence[np.ndarray], masked: bool = False) -> onnx.ModelProto:
     """On a pyramid level (see `_Graph.level`): `head` (N, 6, H', W'), one cell per 12-px
     window of the level: its 4 box offsets, then its two class logits (not a face, face).
+    `masked` adds the input `mask` after the first layer, for levels tiled on a canvas.
 
     One convolution makes all six; the two-class softmax is left to the caller
     (detector.mtcnn_onnx): as separate convolutions and an ONNX softmax (which
     wants channels last) PNet cost 7% more.
     """
     g = _Graph("pnet", weights)
-    x = g.pool(g.prelu(g.conv(g.level())), 2, same=True)
+    first = g.prelu(g.conv(g.level()))
+    x = g.pool(g.masked(first) if masked else first, 2, same=True)
     x = g.prelu(g.conv(g.prelu(g.conv(x))))
     offsets_kernel, offsets_bias, scores_kernel, scores_bias = (g._take() for _ in range(4))
     kernel = np.concatenate([offsets_kernel, scores_kernel], axis=-1)
@@ -168,7 +175,12 @@ def onet_graph(weights: Sequence[np.ndarray]) -> onnx.ModelProto:
     return g.model({"offsets": offsets, "landmarks": landmarks, "scores": scores}, rank=2)
 
 
-GRAPHS = {"pnet": pnet_graph, "rnet": rnet_graph, "onet": onet_graph}
+GRAPHS = {
+    "pnet": pnet_graph,
+    "pnet_packed": lambda weights: pnet_graph(weights, masked=True),
+    "rnet": rnet_graph,
+    "onet": onet_graph,
+}
 
 
 def serialised(name: str, weights_file: Path) -> bytes:

@@ -29,8 +29,9 @@ def weights_dir() -> Path:
 
 
 def model_bytes(name: str) -> bytes:
-    """The named network's serialised ONNX model: from the cache, else built and cached."""
-    weights = weights_dir() / f"{name}.lz4"
+    """The named network's serialised ONNX model: from the cache, else built and cached.
+    `pnet_packed` is PNet with a mask input (detector.mtcnn_canvas), from PNet's weights."""
+    weights = weights_dir() / f"{name.split('_')[0]}.lz4"
     digest = hashlib.sha256(weights.read_bytes() + _BUILDER.read_bytes()).hexdigest()
 
     def build() -> bytes:
@@ -74,13 +75,18 @@ class MtcnnNetworks:
             name: ort.InferenceSession(
                 model_bytes(name), options, providers=["CPUExecutionProvider"]
             )
-            for name in ("pnet", "rnet", "onet")
+            for name in ("pnet", "pnet_packed", "rnet", "onet")
         }
 
     def pnet(self, level: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(offsets, face probability) per 12-px window of a pyramid level (N, 3, H, W),
         normalised (detector.mtcnn_images.level): (N, 4, H', W') and (N, H', W')."""
         (head,) = self._sessions["pnet"].run(None, {"level": level})
+        return head[:, :4], face_probability(head[:, 4], head[:, 5])
+
+    def pnet_packed(self, canvas: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`pnet` of levels tiled on a canvas (1, 3, H, W), masked (detector.mtcnn_canvas)."""
+        (head,) = self._sessions["pnet_packed"].run(None, {"level": canvas, "mask": mask})
         return head[:, :4], face_probability(head[:, 4], head[:, 5])
 
     def rnet(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -15,6 +15,7 @@ import pytest
 
 from detector import FaceDetector, load_image
 from detector.mtcnn_boxes import nms
+from detector.mtcnn_canvas import tiled
 from detector.mtcnn_images import (
     area_weights,
     crop_and_resize,
@@ -117,6 +118,38 @@ def test_pyramid_levels_and_crops_are_tensorflows(crowd_files: list[Path]) -> No
         )
         found = crop_and_resize(image, corners, size)
         assert np.abs(found - expected.numpy()).max() * 128 < 1e-3  # grey levels
+
+
+def test_levels_tiled_on_canvases_score_as_each_level_alone(data_dir: Path) -> None:
+    """PNet on a canvas of levels of many sizes (odd and even sides, several canvases and rows
+    of levels) gives each level's output cells bit for bit as PNet on the level alone."""
+    networks = MtcnnNetworks(threads=1)
+    webfaces = sorted((data_dir / "webfaces").glob("*.jpg"))[::150]
+    levels = []
+    for path in webfaces:
+        pixels = load_image(path).pixels
+        height, width = pixels.shape[:2]
+        for scale in (0.6, 0.3, 0.15):
+            size = level_size(height, width, scale)
+            rows = area_weights(height, size[0], range(size[0]), range(height))
+            cols = area_weights(width, size[1], range(size[1]), range(width))
+            levels.append(level(stacked(pixels[None]), 1, rows, cols)[0])
+    assert len({(lvl.shape[1] % 2, lvl.shape[2] % 2) for lvl in levels}) == 4
+    canvases = tiled(levels, 64 * 64)
+    assert 1 < len(canvases) < len(levels)
+    for canvas in canvases:
+        offsets, scores = networks.pnet_packed(canvas.pixels, canvas.mask)
+        for index in np.unique(canvas.owner[canvas.owner >= 0]):
+            alone_offsets, alone_scores = networks.pnet(levels[index][None])
+            top, left = canvas.origins[index]
+            cells = (
+                slice(top, top + alone_scores.shape[1]),
+                slice(left, left + alone_scores.shape[2]),
+            )
+            assert (canvas.owner[cells] == index).all()
+            assert (canvas.owner == index).sum() == alone_scores[0].size
+            assert np.array_equal(scores[0][cells], alone_scores[0])
+            assert np.array_equal(offsets[0][(slice(None), *cells)], alone_offsets[0])
 
 
 def _sample(data_dir: Path, utkface_files: list[Path], crowd_files: list[Path]) -> list[Path]:
@@ -299,4 +332,4 @@ def test_a_second_start_loads_the_cached_graphs_without_onnx(
     )
     assert (first_onnx, second_onnx) == ("True", "False")
     assert first_faces == second_faces and first_faces.strip() != "[]"
-    assert len(list((tmp_path / "mtcnn").glob("*.onnx"))) == 3
+    assert len(list((tmp_path / "mtcnn").glob("*.onnx"))) == 4  # PNet alone and tiled, RNet, ONet

@@ -219,16 +219,11 @@ class _Builder:
         first, stop = int(used[0]), int(used[-1]) + 1
         last = len(shape) - 1
         position = x.perm.index(last)
-        if position == len(shape) - 1:  # x @ kernel
-            stored = x.name
-            perm = x.perm
-        elif position == len(shape) - 2:  # kernel.T @ x: no transpose needed
+        if position == last - 1:  # stored second to last: kernel.T @ x, no transpose needed
             cut = self.slice(x.name, first, stop, position)
             return _Tensor(self.node("MatMul", [self.const(kernel[first:stop].T), cut]), x.perm)
-        else:
-            perm = (*(axis for axis in x.perm if axis != last), last)
-            stored = self.stored_as(x, perm)
-        cut = self.slice(stored, first, stop, len(shape) - 1)
+        perm = (*(axis for axis in x.perm if axis != last), last)  # x @ kernel
+        cut = self.slice(self.stored_as(x, perm), first, stop, last)
         return _Tensor(self.node("MatMul", [cut, self.const(kernel[first:stop])]), perm)
 
     def slice(self, x: str, first: int, stop: int, axis: int) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+# The names of classifier.training.backbones.BACKBONES, without importing Keras (tested).
 BACKBONE_CHOICES = ("efficientnet_lite0", "resnet50", "dlib_resnet", "dlib_resnet_stages")
 
 

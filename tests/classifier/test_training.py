@@ -21,7 +21,7 @@ from classifier.runtime import GenderClassifier
 from classifier.runtime.metadata import read_metadata
 from classifier.training import train as training
 from classifier.training.augmentation import Augmentation
-from classifier.training.backbones import BackboneError, build_backbone
+from classifier.training.backbones import BACKBONES, BackboneError, build_backbone
 from classifier.training.data import SPLIT_LISTS, assign_splits, load_splits
 from classifier.training.datasets import DatasetLayoutError, discover
 from classifier.training.evaluation import evaluate
@@ -226,6 +226,13 @@ def test_resuming_with_another_config_is_refused(cache: Path, subset: Path, tmp_
     (tmp_path / "backup" / "config.json").write_text(json.dumps({"epochs": 99}))
     with pytest.raises(ResumeError, match="different configuration"):
         train(TrainConfig(out_dir=tmp_path), subset)
+
+
+def test_the_train_command_offers_exactly_the_registered_backbones() -> None:
+    """The CLI names them without importing Keras; this keeps the two lists one."""
+    from worker.training_commands import BACKBONE_CHOICES
+
+    assert tuple(BACKBONES) == BACKBONE_CHOICES
 
 
 def test_backbone_registry_rejects_unknown_names_and_missing_files(tmp_path: Path) -> None:

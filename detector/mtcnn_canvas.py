@@ -30,7 +30,7 @@ class Canvas:
     pixels: np.ndarray  # (1, 3, H, W) float32
     mask: np.ndarray  # (1, 1, H - 2, W - 2) float32: 0 on the levels' first-layer cells
     owner: np.ndarray  # (H', W') int: per PNet output cell, its level's index, or -1
-    origins: np.ndarray  # (levels on this canvas, 2): each one's first output cell (row, col)
+    origins: np.ndarray  # (all levels, 2): first output cell (row, col) of each level here
 
 
 def tiled(levels: list[np.ndarray], budget: int) -> list[Canvas]:
@@ -61,14 +61,13 @@ def _canvas(levels: list[np.ndarray], placed: list[tuple[int, int, int]]) -> Can
     pixels = np.zeros((1, 3, height, width), np.float32)
     mask = np.full((1, 1, height - 2, width - 2), SUNK, np.float32)
     owner = np.full((_cells(height), _cells(width)), -1)
+    origins = np.zeros((len(levels), 2), dtype=np.int64)
     for index, top, left in placed:
         level = levels[index]
         rows, cols = level.shape[1:]
         pixels[0, :, top : top + rows, left : left + cols] = level
         mask[0, 0, top : top + rows - 2, left : left + cols - 2] = 0
         owner[top // 2 : top // 2 + _cells(rows), left // 2 : left // 2 + _cells(cols)] = index
-    origins = np.zeros((len(levels), 2), dtype=np.int64)
-    for index, top, left in placed:
         origins[index] = top // 2, left // 2
     return Canvas(pixels, mask, owner, origins)
 

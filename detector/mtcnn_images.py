@@ -105,7 +105,11 @@ def _weights(
         data, indices = weights[rows, :touched].ravel(), columns[rows, :touched].ravel()
         pointers = np.arange(0, count * touched + 1, touched, dtype=np.int32)
         shape = (count, len(inputs))
-        matrices.append(sparse.csr_array((data, indices, pointers), shape=shape))
+        matrix = sparse.csr_array((data, indices, pointers), shape=shape)
+        # A third of the entries are zeros (border inputs, taps past a span's end) that the
+        # products would still multiply and add; the pixels are >= 0, so no sum changes.
+        matrix.eliminate_zeros()
+        matrices.append(matrix)
         first += count
     return matrices
 

@@ -130,6 +130,8 @@ class Cascade:
                 np.stack([images[i][pad : height - pad, pad : width - pad] for i in members])
             )
             scales = scale_pyramid(width, height, min_face_size, _SCALE_FACTOR)
+            if not len(scales):
+                continue  # a thumbnail smaller than PNet's window: no level, no face
             sizes = [level_size(height, width, scale) for scale in scales]
             row_parts = axis_weights(height, pad, tuple(h for h, _ in sizes), crop)
             col_parts = axis_weights(width, pad, tuple(w for _, w in sizes), crop)

@@ -19,6 +19,7 @@ from PIL import Image
 class Expected:
     path: Path
     error_code: str | None  # None: must load and be processed
+    size: tuple[int, int] = (200, 200)  # (width, height) of a good one
 
 
 def _png_bomb(path: Path, side: int = 100_000) -> None:
@@ -45,10 +46,10 @@ def build_bad_corpus(folder: Path, faces: list[Path]) -> list[Expected]:
         expected.append(Expected(folder / name, code))
         return folder / name
 
-    def good(name: str) -> Path:
+    def good(name: str, size: tuple[int, int] = face.size) -> Path:
         path = folder / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        expected.append(Expected(path, None))
+        expected.append(Expected(path, None, size))
         return path
 
     bad("zero.jpg", "empty").write_bytes(b"")
@@ -76,6 +77,8 @@ def build_bad_corpus(folder: Path, faces: list[Path]) -> list[Expected]:
     frames[0].save(good("animated.gif"), save_all=True, append_images=frames[1:], duration=100)
     face.save(good("my photos/ünïcödé face.jpg"))
     face.convert("P", palette=Image.Palette.ADAPTIVE).save(good("palette.png"))
+    for size in [(1, 1), (8, 8), (16, 11)]:  # thumbnails smaller than any face: done, none
+        face.resize(size).save(good(f"thumbnail-{size[0]}x{size[1]}.png", size))
     return expected
 
 

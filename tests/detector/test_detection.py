@@ -40,6 +40,18 @@ def test_batch_and_single_detection_agree(detector, utk_sample) -> None:
             assert np.allclose(a.box, b.box, atol=1.0)
 
 
+def test_thumbnails_too_small_for_a_face_have_none_beside_faces(detector, utk_sample) -> None:
+    import cv2
+
+    sizes = [(1, 1), (8, 8), (12, 12), (16, 11), (9, 14)]  # (width, height)
+    thumbnails = [cv2.resize(utk_sample[0], size, interpolation=cv2.INTER_AREA) for size in sizes]
+    alone = detector.detect_batch(utk_sample[:2])
+    found = detector.detect_batch([*thumbnails, *utk_sample[:2]])
+    assert found[: len(sizes)] == [[]] * len(sizes)
+    for faces, expected in zip(found[len(sizes) :], alone, strict=True):
+        assert [face.box for face in faces] == [face.box for face in expected] != []
+
+
 def test_large_photos_are_detected_a_few_per_call_with_the_same_faces(
     detector: FaceDetector, crowd_files: list[Path]
 ) -> None:

@@ -85,4 +85,13 @@ def _line(cells: dict[str, str]) -> str:
 def _cell(value: object) -> str:
     if value is None:
         return ""
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    text = str(value)
+    # One row a line: a newline or another control character in a file name is shown
+    # escaped, as undecodable bytes are (`caf\\xe9.jpg`).
+    return text if text.isprintable() else "".join(map(_printable, text))
+
+
+def _printable(char: str) -> str:
+    return char if char.isprintable() else char.encode("unicode_escape").decode("ascii")

@@ -5,6 +5,7 @@ real option parsing, database opening and writers are what is tested.
 """
 
 import csv
+import io
 import json
 import os
 import shutil
@@ -147,6 +148,23 @@ def test_results_files_hold_the_database_rows(finished_job, tmp_path):
     assert broken["status"] == "error" and broken["error"]
     status = json.loads(_cli("status", "1", "--format", "json", "--db", url).stdout)
     assert status["status"] == "done" and status["scan_done"] and set(status) >= PROVENANCE
+
+
+def test_the_table_keeps_a_row_a_line_whatever_the_file_names(utkface_files, tmp_path):
+    folder = tmp_path / "names"
+    folder.mkdir()
+    names = ["two\nlines.jpg", "tab\there.jpg", "bell\a.jpg", "plain name.jpg"]
+    for name, source in zip(names, utkface_files[50:], strict=False):
+        shutil.copy(source, folder / name)
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    assert _cli("run", str(folder), "--db", url).exit_code == 0
+    lines = _cli("results", "--db", url).stdout.splitlines()
+    assert len(lines) == 1 + len(names)
+    for name in names:
+        escaped = f"{folder}/{name}".encode("unicode_escape").decode()
+        assert sum(f" {escaped} " in line for line in lines) == 1, escaped
+    rows = list(csv.DictReader(io.StringIO(_cli("results", "--format", "csv", "--db", url).stdout)))
+    assert sorted(row["path"] for row in rows) == sorted(f"{folder}/{n}" for n in names)
 
 
 def test_annotate_job_keeps_the_folder_structure(finished_job, tmp_path):

@@ -199,11 +199,8 @@ class Cascade:
     def _pnet(self, level: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """PNet's (offsets, scores) for a level of several images, a few images a call."""
         step = max(1, _NET_PIXELS // (level.shape[2] * level.shape[3]))
-        if step >= len(level):
-            return self._nets.pnet(level)
-        starts = range(0, len(level), step)
-        offsets, scores = zip(*(self._nets.pnet(level[i : i + step]) for i in starts), strict=True)
-        return np.concatenate(offsets), np.concatenate(scores)
+        offsets, scores = _in_slices(lambda part: self._nets.pnet(level[part]), len(level), step)
+        return offsets, scores
 
     @staticmethod
     def _refine(
@@ -213,12 +210,21 @@ class Cascade:
         size: int,
     ) -> list[np.ndarray]:
         """`network`'s outputs for the size x size crop of every box, a slice at a time."""
-        step = _NET_PIXELS // size**2
-        parts = [
-            network(_crops(normalised, boxes[start : start + step], size))
-            for start in range(0, len(boxes), step)
-        ]
-        return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
+
+        def crops_of(part: slice) -> tuple[np.ndarray, ...]:
+            return network(_crops(normalised, boxes[part], size))
+
+        return _in_slices(crops_of, len(boxes), _NET_PIXELS // size**2)
+
+
+def _in_slices(
+    run: Callable[[slice], tuple[np.ndarray, ...]], count: int, step: int
+) -> list[np.ndarray]:
+    """`run`'s outputs for items [0, count), called on slices of `step`, joined."""
+    parts = [run(slice(start, start + step)) for start in range(0, count, step)]
+    if len(parts) == 1:
+        return list(parts[0])
+    return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
 
 
 def _crops(normalised: dict[int, np.ndarray], boxes: np.ndarray, size: int) -> np.ndarray:

@@ -133,6 +133,8 @@ def _placed(source: Path, target: Path, rng: random.Random, side: int = 448) -> 
     import cv2
 
     chip = cv2.imread(str(source))
+    if chip is None:
+        raise OSError(f"cannot read {source}")
     height, width = chip.shape[:2]
     left, top = rng.randrange(side - width + 1), rng.randrange(side - height + 1)
     canvas = cv2.copyMakeBorder(

@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -47,7 +48,7 @@ def peer_scores(data: Path, split: str, limit: int | None) -> dict:
     }
 
 
-def _area(face: dict) -> int:
+def _area(face: Any) -> int:
     left, top, right, bottom = face["face"]
     return (right - left) * (bottom - top)
 

@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--db", default=None, help="Database URL [default: a fresh SQLite file].")
     args = parser.parse_args()
 
+    from worker.batch import BatchReport
     from worker.config import Settings
     from worker.db import open_database
     from worker.embedded import run_folder
@@ -45,7 +46,7 @@ def main() -> None:
             shutil.copy(path, folder / path.name)
         sessions = open_database(args.db or f"sqlite:///{Path(tmp) / 'bench.db'}")
 
-        def timed(reuse: bool = True) -> tuple[float, object]:
+        def timed(reuse: bool = True) -> tuple[float, BatchReport]:
             started = time.perf_counter()
             _, totals = run_folder(sessions, folder, models, settings.batch_size, reuse=reuse)
             return time.perf_counter() - started, totals

@@ -9,6 +9,11 @@ import io
 import json
 import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,6 +89,22 @@ def test_unreachable_database_bad_url_and_bad_settings_are_one_line(tmp_path):
         _user_error(result, name if name != "FACEGENDER_DB_URL" else "database URL")
     result = _cli("status", env={"FACEGENDER_CHUNK_SIZE": "0"})
     _user_error(result, "FACEGENDER_CHUNK_SIZE must be at least 1")
+
+
+def test_a_database_server_that_never_answers_is_one_line_after_a_timeout():
+    with socket.socket() as silent:  # accepts connections (the kernel does), says nothing
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"postgresql+psycopg://postgres@127.0.0.1:{silent.getsockname()[1]}/facegender"
+        facegender = str(Path(sys.executable).with_name("facegender"))
+        started = time.monotonic()
+        done = subprocess.run(
+            [facegender, "status", "--db", url], capture_output=True, text=True, timeout=60
+        )
+    assert time.monotonic() - started < 30
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert "cannot use the database" in line and "timeout" in line, line
 
 
 def test_missing_folder_and_missing_job(tmp_path):

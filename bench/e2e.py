@@ -154,7 +154,7 @@ def rgb(path: Path) -> np.ndarray:
 
 
 def whole_process(
-    command: list[str], env: dict[str, str] | None = None
+    command: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> tuple[float, float, float, str]:
     """(wall seconds, peak RSS MiB, CPU seconds, stdout) of `command` run to its end.
 
@@ -164,7 +164,7 @@ def whole_process(
     """
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         started = time.perf_counter()
-        process = subprocess.Popen(command, stdout=out, stderr=err, env=env)
+        process = subprocess.Popen(command, stdout=out, stderr=err, env=env, cwd=cwd)
         peak = 0.0
         while True:
             pid, status, usage = os.wait4(process.pid, os.WNOHANG)
@@ -196,6 +196,9 @@ class OursRun:
     """`facegender run DIR` in a fresh process: everything a user waits for."""
 
     def __init__(self, code: Path) -> None:
+        # Run from inside the checkout: `python -c` puts the working directory ahead of
+        # PYTHONPATH, so from another checkout's root that one's code would run instead.
+        self.code = code
         self.env = {**os.environ, "PYTHONPATH": str(code)}
 
     def __call__(self, folder: Path, images: int) -> Run:
@@ -209,7 +212,7 @@ class OursRun:
                 "--db",
                 f"sqlite:///{tmp}/run.db",
             ]
-            wall, rss, cpu, stdout = whole_process(command, self.env)
+            wall, rss, cpu, stdout = whole_process(command, self.env, self.code)
         faces = int(stdout.split(" faces")[0].rsplit(" ", 1)[-1]) if " faces" in stdout else 0
         return Run(wall, images, faces, peak_rss_mib=rss, cpu_seconds=cpu)
 

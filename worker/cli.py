@@ -176,7 +176,7 @@ def _read(db_url: str):
 def _models(model_path: str | None, batch_size: int | None = None):
     from classifier import ModelNotFoundError
     from worker.pipeline import Models
-    from worker.runtime import configure_tensorflow
+    from worker.runtime import configure_opencv, configure_tensorflow
 
     settings = Settings()
     overrides: dict[str, Any] = {"model_path": model_path or settings.model_path}
@@ -184,6 +184,7 @@ def _models(model_path: str | None, batch_size: int | None = None):
         overrides["batch_size"] = batch_size
     settings = Settings(**{**settings.__dict__, **overrides})
     configure_tensorflow(settings.tf_threads)  # only sets what TensorFlow reads if it loads
+    configure_opencv(settings)
     try:
         models = Models.from_settings(settings)
     except ModelNotFoundError as exc:

@@ -58,13 +58,10 @@ def load_process() -> _Process:
 
         from worker.db import make_engine
         from worker.pipeline import Models
-        from worker.runtime import configure_tensorflow
+        from worker.runtime import configure_opencv, configure_tensorflow
 
         configure_tensorflow(settings.tf_threads)
-        if settings.tf_threads:
-            import cv2
-
-            cv2.setNumThreads(settings.tf_threads)
+        configure_opencv(settings)
         models = Models.from_settings(settings)
         models.load()
         _warm_up(models)

@@ -107,6 +107,23 @@ def test_a_database_server_that_never_answers_is_one_line_after_a_timeout():
     assert "cannot use the database" in line and "timeout" in line, line
 
 
+def test_opencv_keeps_to_one_thread_beside_the_pipelines_own(monkeypatch):
+    import cv2
+
+    from worker.cli import _models
+
+    before = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(4)
+        _models(None)
+        assert cv2.getNumThreads() == 1
+        monkeypatch.setenv("FACEGENDER_TF_THREADS", "3")
+        _models(None)
+        assert cv2.getNumThreads() == 3
+    finally:
+        cv2.setNumThreads(before)
+
+
 def test_missing_folder_and_missing_job(tmp_path):
     result = _cli("run", str(tmp_path / "absent"), "--db", f"sqlite:///{tmp_path / 'r.db'}")
     assert result.exit_code == 2 and "does not exist" in result.stderr

@@ -131,6 +131,18 @@ class Face(Base):
     p_female: Mapped[float | None] = mapped_column(Float)
 
 
+# libpq settings unless the URL gives its own (`?connect_timeout=30`): a server that accepts
+# but never answers (a hung host, a half-open route) fails a connection after 10 s instead
+# of holding a worker forever, and keepalives notice a silent peer of an open connection.
+_PG_CONNECT = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+
+
 def make_engine(url: str) -> Engine:
     """An engine with SQLite made safe for a writer plus readers (WAL, foreign keys, waits),
     PostgreSQL with timeouts (`_PG_CONNECT`)."""
@@ -143,18 +155,6 @@ def make_engine(url: str) -> Engine:
         return create_engine(url, pool_pre_ping=True)
     unless_given = {k: v for k, v in _PG_CONNECT.items() if k not in parsed.query}
     return create_engine(url, pool_pre_ping=True, connect_args=unless_given)
-
-
-# libpq settings unless the URL gives its own (`?connect_timeout=30`): a server that accepts
-# but never answers (a hung host, a half-open route) fails a connection after 10 s instead
-# of holding a worker forever, and keepalives notice a silent peer of an open connection.
-_PG_CONNECT = {
-    "connect_timeout": 10,
-    "keepalives": 1,
-    "keepalives_idle": 30,
-    "keepalives_interval": 10,
-    "keepalives_count": 3,
-}
 
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:

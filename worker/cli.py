@@ -275,6 +275,11 @@ def run(
         f"{processed} images in {elapsed:.1f}s ({processed / max(elapsed, 1e-9):.1f} images/s) "
         f"model {models.classifier.version}"
     )
+    if not registered:  # most likely the wrong folder: say what was looked for
+        from worker.scan import IMAGE_SUFFIXES
+
+        looked_for = " ".join(sorted(IMAGE_SUFFIXES))
+        click.echo(f"no image files under {folder} (names ending {looked_for})", err=True)
 
 
 @contextmanager

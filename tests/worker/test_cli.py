@@ -124,6 +124,16 @@ def test_opencv_keeps_to_one_thread_beside_the_pipelines_own(monkeypatch):
         cv2.setNumThreads(before)
 
 
+def test_a_folder_without_images_says_what_it_looked_for(tmp_path):
+    folder = tmp_path / "documents"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "readme.txt").write_text("not a photo")
+    (folder / "sub" / "scan.pdf").write_bytes(b"%PDF-1.4")
+    result = _cli("run", str(folder), "--db", f"sqlite:///{tmp_path / 'r.db'}")
+    assert result.exit_code == 0 and result.stdout.startswith("job 1: 0 done, 0 errors")
+    assert f"no image files under {folder} (names ending .avif .bmp" in result.stderr
+
+
 def test_missing_folder_and_missing_job(tmp_path):
     result = _cli("run", str(tmp_path / "absent"), "--db", f"sqlite:///{tmp_path / 'r.db'}")
     assert result.exit_code == 2 and "does not exist" in result.stderr

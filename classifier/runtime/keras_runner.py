@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from classifier.runtime.quiet import import_keras
+
 
 class KerasRunner:
     """Runs the `.keras` model with whichever Keras backend is active (TensorFlow, JAX).
@@ -20,8 +22,7 @@ class KerasRunner:
 
     def __init__(self, model_path: Path, threads: int = 0, mixed: bool = False) -> None:
         """`threads` is unused: Keras follows its backend's process-wide thread pools."""
-        import keras
-
+        keras = import_keras()
         import classifier.runtime.layers  # noqa: F401  (registers Preprocess for loading)
 
         model = keras.saving.load_model(model_path, compile=False)
@@ -41,7 +42,7 @@ def keras_mixed(model_path: Path, threads: int = 0) -> KerasRunner:
 
 def _mixed_precision(model: Any, policy: str) -> Any:
     """A copy of a functional `model` computing in `policy`, its last layer kept float32."""
-    import keras
+    keras = import_keras()
 
     last = model.layers[-1].name
 
@@ -59,7 +60,7 @@ def _mixed_precision(model: Any, policy: str) -> Any:
 
 def has_gpu() -> bool:
     """Whether the active Keras backend sees a GPU (imports Keras and its backend)."""
-    import keras
+    keras = import_keras()
 
     backend = keras.backend.backend()
     if backend == "jax":

@@ -1,9 +1,11 @@
 """Keep native libraries' log lines off the terminal, unless FACEGENDER_VERBOSE=1.
 
 LiteRT's C++ prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
-straight to file descriptor 2 when an interpreter first allocates; no
-environment variable turns it off, so the descriptor itself is pointed at
-/dev/null for that moment and restored after.
+straight to file descriptor 2 when an interpreter first allocates, and
+TensorFlow's absl logs its oneDNN and CPU-feature notices there while it is
+imported, before any log level applies; no environment variable turns them
+off, so the descriptor itself is pointed at /dev/null for those moments and
+restored after.
 """
 
 import contextlib
@@ -11,6 +13,7 @@ import os
 import sys
 import threading
 from collections.abc import Iterator
+from types import ModuleType
 
 VERBOSE_ENV = "FACEGENDER_VERBOSE"
 _lock = threading.Lock()
@@ -40,3 +43,10 @@ def native_stderr_silenced() -> Iterator[None]:
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+
+
+def import_keras() -> ModuleType:
+    """`keras`, its backend (TensorFlow, JAX) imported the first time with fd 2 silenced."""
+    with native_stderr_silenced():
+        import keras
+    return keras

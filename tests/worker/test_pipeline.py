@@ -1,5 +1,6 @@
 """Pipeline bounds and large photos: decoded pixels stay bounded, faces land in file pixels."""
 
+import shutil
 import subprocess
 import sys
 import threading
@@ -158,3 +159,33 @@ def test_run_loads_no_tensorflow_keras_celery_or_matplotlib_and_logs_nothing(
     noise = ("tensorflow", "absl", "xnnpack", "onednn", "warning", "i0000", "w0000")
     logged = [line for line in done.stderr.splitlines() if any(n in line.lower() for n in noise)]
     assert logged == []
+
+
+def test_a_model_without_its_runtime_files_runs_on_keras_with_one_notice(tmp_path, utkface_files):
+    """Only `model.keras` and its `model.json`: Keras (TensorFlow) serves it, and the one
+    line that says so is all that reaches stderr besides the progress bar."""
+    model = tmp_path / "model"
+    model.mkdir()
+    for name in ("model.keras", "model.json"):
+        shutil.copy(REPO / "classifier" / "default_model" / name, model / name)
+    folder = tmp_path / "one"
+    folder.mkdir()
+    (folder / utkface_files[0].name).symlink_to(utkface_files[0])
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("facegender")),
+            "run",
+            str(folder),
+            "--model",
+            str(model / "model.keras"),
+            "--db",
+            f"sqlite:///{tmp_path}/r.db",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "1 done, 0 errors, 1 faces" in done.stdout
+    lines = [line for line in done.stderr.splitlines() if "━" not in line and line.strip()]
+    assert len(lines) == 1 and "serving it with Keras instead" in lines[0], done.stderr

@@ -63,8 +63,9 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 def _set_up_runtime() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    import keras
+    from classifier.runtime.quiet import import_keras
 
+    keras = import_keras()  # before the training modules import it, which TensorFlow logs
     if keras.backend.backend() == "tensorflow":
         from worker.config import Settings
         from worker.runtime import configure_tensorflow

@@ -1,5 +1,6 @@
 """Pipeline bounds and large photos: decoded pixels stay bounded, faces land in file pixels."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -189,3 +190,27 @@ def test_a_model_without_its_runtime_files_runs_on_keras_with_one_notice(tmp_pat
     assert "1 done, 0 errors, 1 faces" in done.stdout
     lines = [line for line in done.stderr.splitlines() if "━" not in line and line.strip()]
     assert len(lines) == 1 and "serving it with Keras instead" in lines[0], done.stderr
+
+
+def test_evaluate_logs_its_progress_and_nothing_of_tensorflow(tmp_path, data_dir):
+    """A training command imports TensorFlow; its absl notices stay off stderr all the same."""
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("facegender")),
+            "evaluate",
+            "--data",
+            str(data_dir / "webfaces"),
+            "--limit",
+            "20",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    noise = ("absl", "onednn", "cpu_feature_guard", "i0000", "w0000")
+    logged = [line for line in done.stderr.splitlines() if any(n in line.lower() for n in noise)]
+    assert logged == []
+    assert "wrote" in done.stderr and json.loads(done.stdout)["images"] == 20

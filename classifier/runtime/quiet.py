@@ -46,7 +46,9 @@ def native_stderr_silenced() -> Iterator[None]:
 
 
 def import_keras() -> ModuleType:
-    """`keras`, its backend (TensorFlow, JAX) imported the first time with fd 2 silenced."""
-    with native_stderr_silenced():
-        import keras
-    return keras
+    """`keras`, its backend (TensorFlow, JAX) imported the first time with fd 2 silenced;
+    later calls silence nothing (other threads' stderr is not lost to a no-op import)."""
+    if "keras" not in sys.modules:
+        with native_stderr_silenced():
+            import keras  # noqa: F401
+    return sys.modules["keras"]
